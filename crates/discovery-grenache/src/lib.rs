@@ -1,0 +1,5 @@
+//! `discovery_grenache`: placeholder, filled by its issue.
+//!
+//! ```
+//! // nothing here yet
+//! ```

@@ -1,0 +1,5 @@
+//! `discovery`: placeholder, filled by its issue.
+//!
+//! ```
+//! // nothing here yet
+//! ```

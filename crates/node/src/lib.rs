@@ -1,0 +1,5 @@
+//! `node`: placeholder, filled by its issue.
+//!
+//! ```
+//! // nothing here yet
+//! ```

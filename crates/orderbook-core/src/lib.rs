@@ -1,0 +1,5 @@
+//! `orderbook_core`: placeholder, filled by its issue.
+//!
+//! ```
+//! // nothing here yet
+//! ```

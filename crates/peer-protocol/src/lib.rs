@@ -1,0 +1,5 @@
+//! `peer_protocol`: placeholder, filled by its issue.
+//!
+//! ```
+//! // nothing here yet
+//! ```

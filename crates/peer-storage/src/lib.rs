@@ -1,0 +1,5 @@
+//! `peer_storage`: placeholder, filled by its issue.
+//!
+//! ```
+//! // nothing here yet
+//! ```

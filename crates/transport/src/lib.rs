@@ -1,0 +1,5 @@
+//! `transport`: placeholder, filled by its issue.
+//!
+//! ```
+//! // nothing here yet
+//! ```

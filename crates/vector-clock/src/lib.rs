@@ -1,0 +1,5 @@
+//! `vector_clock`: placeholder, filled by its issue.
+//!
+//! ```
+//! // nothing here yet
+//! ```

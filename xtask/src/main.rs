@@ -1,0 +1,50 @@
+//! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
+//!
+//! One module per command. Child processes are held by guards that kill them on drop, so
+//! nothing an xtask starts outlives it.
+
+mod coverage;
+mod docs;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "p2p-exchange project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything CI checks: fmt, clippy -D warnings, docs, and every test of the workspace.
+    Test(test::Args),
+    /// Line coverage per crate with cargo-llvm-cov (installed when missing).
+    Coverage,
+    /// Build the API documentation of every crate (lands in target/doc).
+    Docs {
+        /// Open the documentation in a browser afterwards.
+        #[arg(long)]
+        open: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Test(args) => test::run(args),
+        Command::Coverage => coverage::run(),
+        Command::Docs { open } => docs::run(open),
+    }
+}
+
+/// The workspace root (the parent of the xtask crate).
+pub(crate) fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
