@@ -3,8 +3,11 @@
 //! One module per command. Child processes are held by guards that kill them on drop, so
 //! nothing an xtask starts outlives it.
 
+mod cluster;
 mod coverage;
 mod docs;
+mod grape;
+mod process;
 mod test;
 
 use anyhow::Result;
@@ -22,6 +25,8 @@ struct Cli {
 enum Command {
     /// Everything CI checks: fmt, clippy -D warnings, docs, and every test of the workspace.
     Test(test::Args),
+    /// A local N-node exchange on 127.0.0.1, meshed, with its logs followed until Ctrl-C.
+    Cluster(cluster::Args),
     /// Line coverage per crate with cargo-llvm-cov (installed when missing).
     Coverage,
     /// Build the API documentation of every crate (lands in target/doc).
@@ -36,6 +41,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Test(args) => test::run(args),
+        Command::Cluster(args) => cluster::run(args),
         Command::Coverage => coverage::run(),
         Command::Docs { open } => docs::run(open),
     }

@@ -1,0 +1,127 @@
+//! `p2p-exchange node`: load the settings, set up logging, run a node until
+//! SIGINT or SIGTERM, then shut it down gracefully.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::{Context, anyhow};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::NodeArgs;
+use crate::settings::{ENV_VARS, LogFormat, Settings};
+
+/// Runs a node with the layered settings until a signal stops it.
+pub async fn node(args: &NodeArgs) -> anyhow::Result<()> {
+    let settings = Settings::load(args.config.as_deref(), process_env()?, &args.overrides())?;
+    init_logging(&settings)?;
+    let config = settings.to_node_config();
+    if config.discovery_grenache && !cfg!(feature = "grenache") {
+        tracing::warn!(
+            "DISCOVERY_GRENACHE is true but Grenache is not compiled in \
+             (build with the `grenache` feature); continuing without Grenache discovery"
+        );
+    }
+    tracing::debug!(?config, "starting node");
+    let node = node::Node::start(config)
+        .await
+        .context("cannot start the node")?;
+    println!("node id:  {}", node.node_id());
+    println!("p2p:      {}", node.p2p_addr());
+    println!("api:      http://{}", reachable(node.api_addr()));
+
+    let reason = wait_for_stop(&node).await?;
+    tracing::info!(reason, "shutting down");
+    tokio::select! {
+        result = node.shutdown() => result.context("shutdown failed")?,
+        _ = tokio::signal::ctrl_c() => {
+            return Err(anyhow!("interrupted again; stopped without a clean shutdown"));
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The process environment's node settings. A setting whose value is not
+/// valid Unicode is an error rather than silently skipped.
+fn process_env() -> anyhow::Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if !ENV_VARS.contains(&key) {
+            continue;
+        }
+        let value = value
+            .into_string()
+            .map_err(|_| anyhow!("environment variable {key} is not valid unicode"))?;
+        env.push((key.to_owned(), value));
+    }
+    Ok(env)
+}
+
+/// Logs to stderr, filtered by `rust_log` (default `info`), as text or JSON
+/// lines.
+fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+    let directives = settings.rust_log.as_deref().unwrap_or("info");
+    let filter = EnvFilter::try_new(directives)
+        .with_context(|| format!("invalid RUST_LOG filter {directives:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match settings.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    installed.map_err(|error| anyhow!("cannot install the logger: {error}"))
+}
+
+/// Waits for SIGINT, SIGTERM or the node stopping on its own.
+async fn wait_for_stop(node: &node::Node) -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate =
+            signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => {
+                result.context("cannot listen for SIGINT")?;
+                Ok("SIGINT")
+            }
+            _ = terminate.recv() => Ok("SIGTERM"),
+            () = node.wait() => Ok("the node stopped"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => {
+                result.context("cannot listen for Ctrl-C")?;
+                Ok("Ctrl-C")
+            }
+            () = node.wait() => Ok("the node stopped"),
+        }
+    }
+}
+
+/// An address a client on this machine can use: an unspecified listen
+/// address (`0.0.0.0`, `::`) becomes the loopback address.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        _ => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_addresses_become_loopback() {
+        let any4: SocketAddr = "0.0.0.0:8000".parse().unwrap();
+        assert_eq!(reachable(any4).to_string(), "127.0.0.1:8000");
+        let any6: SocketAddr = "[::]:8000".parse().unwrap();
+        assert_eq!(reachable(any6).to_string(), "[::1]:8000");
+        let lan: SocketAddr = "192.168.1.5:8000".parse().unwrap();
+        assert_eq!(reachable(lan), lan);
+    }
+}

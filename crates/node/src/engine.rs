@@ -1,0 +1,1823 @@
+//! The deterministic core of a node: the replicated log, membership,
+//! settlement and matching, as a pure state machine.
+//!
+//! [`Engine::handle`] takes one [`Input`] (a client command, a verified peer
+//! message, a timer tick with the current time) and appends [`Effect`]s (make
+//! these records durable, send this message, answer this client). It does no
+//! I/O, reads no clock and uses no randomness: the same inputs give the same
+//! effects and the same state, which is what the multi-node unit tests and
+//! later fault-injection tests rely on. The async shell lives in `runtime.rs`.
+//!
+//! The effects of one batch of inputs must be executed in this order: every
+//! [`Effect::Persist`] (and [`Effect::WipeLog`]) first, then one fsync, then
+//! every other effect. Nothing leaves the node before what it depends on is
+//! durable: an acknowledged order is on disk, and a frontier a peer receives
+//! never covers events this node could forget in a crash.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use orderbook_core::{
+    Command, Event as BookEvent, Exchange, MarketSpec, NewOrder, OrderType, SelfTradePrevention,
+    Side, TimeInForce,
+};
+use peer_protocol::{
+    Event, EventBody, GoodbyeReason, Identity, Message, NodeId, PlaceOrder, SignedBatch,
+    SignedFrontier, VerifiedBatch, VerifiedFrontier,
+};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::ids::{ApiOrderId, hex, order_id, owner_of};
+
+/// The total order key of an event: `(lamport, origin, seq)`.
+pub type Key = (u64, NodeId, u64);
+
+/// Most local events signed into one batch.
+pub const MAX_LOCAL_BATCH: usize = 1000;
+/// Most out-of-order batches buffered (over all origins) while a gap is fetched.
+pub const MAX_BUFFERED_BATCHES: usize = 4096;
+/// Most events sent in one `SyncResponse`.
+pub const MAX_SYNC_EVENTS: usize = 8192;
+/// Trades kept per market for the API (the digest covers all of them through a hash chain).
+pub const MAX_TRADES_KEPT: usize = 10_000;
+/// A digest checkpoint is recorded every this many settled events.
+pub const CHECKPOINT_EVERY: u64 = 1000;
+
+const SYNC_INTERVAL_MS: u64 = 2000;
+const DIGEST_INTERVAL_MS: u64 = 1000;
+const JOIN_RETRY_MS: u64 = 1000;
+const GAP_SYNC_MIN_MS: u64 = 100;
+const MAX_CLIENT_ORDER_ID_LEN: usize = peer_protocol::MAX_CLIENT_ORDER_ID_LEN;
+
+/// The engine's fixed parameters.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The network id (part of the genesis and of join transcripts).
+    pub network_id: String,
+    /// The markets traded.
+    pub markets: Vec<MarketSpec>,
+    /// Found a network at the first tick instead of waiting `join_window_ms`.
+    pub found: bool,
+    /// How long a fresh node looks for an existing network before founding one.
+    pub join_window_ms: u64,
+    /// At least this often an idle member announces its frontier.
+    pub heartbeat_ms: u64,
+    /// At most this often a busy member announces its frontier (coalescing).
+    pub frontier_min_interval_ms: u64,
+}
+
+/// One input to the engine.
+#[derive(Debug)]
+pub enum Input {
+    /// A client places an order (validated here before any event exists).
+    Place {
+        /// Echoed in the [`Effect::Reply`].
+        request: u64,
+        /// The order.
+        order: PlaceOrder,
+    },
+    /// A client cancels one of this node's orders.
+    Cancel {
+        /// Echoed in the [`Effect::Reply`].
+        request: u64,
+        /// The order.
+        order_id: ApiOrderId,
+    },
+    /// A peer connected (its handshake succeeded).
+    Connected {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A peer disconnected.
+    Disconnected {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A message from a peer, signatures already checked.
+    Peer {
+        /// The sender (not necessarily the origin of what it carries).
+        from: NodeId,
+        /// The message.
+        message: PeerInput,
+    },
+    /// Time passes: periodic work (frontier heartbeat, anti-entropy, digest gossip, join window).
+    Tick {
+        /// Milliseconds on a monotonic clock.
+        now_ms: u64,
+    },
+    /// The end of one loop iteration: sign this iteration's local events into a batch and
+    /// announce the frontier if it moved.
+    Flush {
+        /// Milliseconds on a monotonic clock.
+        now_ms: u64,
+    },
+}
+
+/// The peer messages the engine consumes, with signatures already verified by the caller.
+#[derive(Debug)]
+pub enum PeerInput {
+    /// New events of one origin.
+    Batch(VerifiedBatch),
+    /// An origin's frontier.
+    Frontier(VerifiedFrontier),
+    /// Anti-entropy request: the peer's delivered clock.
+    SyncRequest {
+        /// Origin -> highest contiguous seq delivered.
+        clock: BTreeMap<NodeId, u64>,
+    },
+    /// Anti-entropy answer.
+    SyncResponse {
+        /// The batches, in delivery order.
+        batches: Vec<VerifiedBatch>,
+        /// Whether the responder sent everything.
+        done: bool,
+    },
+    /// Digest gossip.
+    Digest {
+        /// The settled lamport.
+        lamport: u64,
+        /// The settled event count.
+        settled_events: u64,
+        /// The digest at that position.
+        digest: [u8; 32],
+    },
+    /// What the peer knows of its network.
+    NetworkInfo {
+        /// Its genesis id.
+        genesis: Option<[u8; 32]>,
+        /// Whether its log holds orders.
+        has_orders: bool,
+        /// Its current members.
+        members: Vec<NodeId>,
+        /// Its delivered clock.
+        clock: BTreeMap<NodeId, u64>,
+    },
+    /// The peer (whose signature over the join transcript was checked) asks to be admitted.
+    JoinRequest,
+}
+
+/// A durable record of the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// A delivered batch (any origin).
+    Batch(SignedBatch),
+    /// Everything up to this key (inclusive) is settled: replay settles up to here.
+    Settled {
+        /// The key's lamport.
+        lamport: u64,
+        /// The key's origin.
+        origin: NodeId,
+        /// The key's seq.
+        seq: u64,
+    },
+}
+
+/// What the engine asks its shell to do.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Append a record to the durable log (before anything else of this iteration leaves).
+    Persist(Record),
+    /// Erase the durable log: this node's empty network lost a genesis merge.
+    WipeLog,
+    /// Send a message to one peer.
+    Send {
+        /// The peer.
+        to: NodeId,
+        /// The message.
+        message: Message,
+    },
+    /// Send a message to every connected peer, except one.
+    Broadcast {
+        /// The message.
+        message: Message,
+        /// The peer not to send it to (usually the one it came from).
+        except: Option<NodeId>,
+    },
+    /// Disconnect a peer.
+    Disconnect {
+        /// The peer.
+        peer: NodeId,
+        /// Why.
+        reason: GoodbyeReason,
+    },
+    /// Score a peer down for provably bad behaviour.
+    Misbehaviour {
+        /// The peer.
+        peer: NodeId,
+        /// What it did.
+        what: String,
+    },
+    /// Answer a client command (after the fsync).
+    Reply {
+        /// The request id of the input.
+        request: u64,
+        /// The answer.
+        reply: Result<OrderView, ClientError>,
+    },
+    /// A settled trade (for the WebSocket stream).
+    Trade(TradeView),
+    /// A market's settled book changed (for the WebSocket stream).
+    BookChanged(String),
+}
+
+/// Why a client command was refused. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    /// The kind (maps to an HTTP status).
+    pub kind: ClientErrorKind,
+    /// A stable machine-readable code, e.g. `off_tick`.
+    pub code: &'static str,
+    /// A human-readable message (lowercase, no trailing period).
+    pub message: String,
+}
+
+/// The kinds of [`ClientError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientErrorKind {
+    /// Malformed or invalid input (400).
+    BadRequest,
+    /// No such order (404).
+    NotFound,
+    /// Not allowed (403).
+    Forbidden,
+    /// The order is already finished (409).
+    Conflict,
+    /// The node cannot take orders now, e.g. it is not a member yet (503).
+    Unavailable,
+}
+
+impl ClientError {
+    fn new(kind: ClientErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+        ClientError {
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        ClientError::new(ClientErrorKind::BadRequest, code, message)
+    }
+}
+
+/// The status of an order as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Accepted into the log, not yet settled.
+    Pending,
+    /// Settled and resting, nothing filled.
+    Open,
+    /// Settled, resting, partly filled.
+    PartiallyFilled,
+    /// Completely filled.
+    Filled,
+    /// Cancelled (by its owner, or the unfilled rest of an IOC/market order).
+    Cancelled,
+    /// Rejected by the matcher at settlement (e.g. FOK unfillable, post-only would take).
+    Rejected,
+}
+
+impl OrderStatus {
+    fn is_final(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Filled | OrderStatus::Cancelled | OrderStatus::Rejected
+        )
+    }
+}
+
+/// An order as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderView {
+    /// `<origin prefix hex>-<seq>`.
+    pub order_id: String,
+    /// The node that placed it.
+    pub origin: String,
+    /// The client's idempotency key.
+    pub client_order_id: Option<String>,
+    /// The market.
+    pub market: String,
+    /// Buy or sell.
+    pub side: Side,
+    /// Limit or market.
+    #[serde(rename = "type")]
+    pub order_type: OrderType,
+    /// The limit price.
+    pub price: Option<Decimal>,
+    /// The ordered quantity.
+    pub quantity: Decimal,
+    /// The time in force.
+    pub time_in_force: TimeInForce,
+    /// The status.
+    pub status: OrderStatus,
+    /// The filled quantity.
+    pub filled_quantity: Decimal,
+    /// The quantity still open (0 once finished).
+    pub remaining_quantity: Decimal,
+    /// Why it was rejected or cancelled, if it was.
+    pub reason: Option<String>,
+    /// The Lamport timestamp of its event.
+    pub lamport: u64,
+    /// Whether a cancel of it has been issued.
+    pub cancel_requested: bool,
+}
+
+/// A settled trade as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TradeView {
+    /// Sequential over the whole network's settled history, from 1.
+    pub trade_id: u64,
+    /// The market.
+    pub market: String,
+    /// The price (the maker's).
+    pub price: Decimal,
+    /// The quantity.
+    pub quantity: Decimal,
+    /// The resting order.
+    pub maker_order_id: String,
+    /// The incoming order.
+    pub taker_order_id: String,
+    /// The incoming order's side.
+    pub taker_side: Side,
+    /// The Lamport timestamp of the taker's event (its settled position).
+    pub lamport: u64,
+}
+
+/// Where this node stands in joining its network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// No network yet: looking for one during the join window.
+    Fresh,
+    /// Found a network, waiting for a member to admit it.
+    Joining,
+    /// A member: may place orders.
+    Member,
+    /// Holds the network's log but is no longer (or not yet again) a member.
+    Observer,
+}
+
+/// A snapshot of the engine's replication state, for `/v1/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineStatus {
+    /// This node's phase.
+    pub phase: Phase,
+    /// The genesis id (hex).
+    pub genesis: Option<String>,
+    /// The members (hex node ids), in id order.
+    pub members: Vec<String>,
+    /// Events delivered (all origins).
+    pub events_delivered: u64,
+    /// Events settled and applied.
+    pub settled_events: u64,
+    /// Events delivered but not yet settled.
+    pub pending_events: u64,
+    /// The settled Lamport position.
+    pub settled_lamport: u64,
+    /// The current settled frontier (min over members' frontiers).
+    pub settled_frontier: Option<u64>,
+    /// This node's Lamport clock.
+    pub lamport: u64,
+    /// The state digest (hex).
+    pub digest: String,
+    /// The members whose frontier holds settlement back (hex), when events are pending.
+    pub waiting_for: Vec<String>,
+    /// Events rejected (bad lamport, below the settled frontier).
+    pub rejected_events: u64,
+    /// Digest mismatches with peers at the same position.
+    pub digest_mismatches: u64,
+    /// The per-origin delivered clock (hex -> seq).
+    pub clock: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default)]
+struct OriginState {
+    /// Highest contiguous seq delivered.
+    delivered: u64,
+    /// Lamport of the last delivered event.
+    last_lamport: u64,
+    /// Delivered batches, in seq order (for anti-entropy answers).
+    batches: Vec<Arc<SignedBatch>>,
+    /// Highest trusted frontier lamport.
+    trusted: u64,
+    /// Highest announced frontier not yet trusted: (seq, lamport).
+    pending_frontier: Option<(u64, u64)>,
+    /// Highest announced frontier lamport seen (trusted or not), for dedup.
+    announced: u64,
+}
+
+#[derive(Debug, Clone)]
+struct OrderRecord {
+    origin: NodeId,
+    seq: u64,
+    lamport: u64,
+    order: PlaceOrder,
+    filled: Decimal,
+    status: OrderStatus,
+    reason: Option<String>,
+    cancel_requested: bool,
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    /// The genesis the peer reported (None until its NetworkInfo).
+    genesis: Option<Option<[u8; 32]>>,
+    /// Whether it reported itself a member.
+    member: bool,
+    last_gap_sync_ms: Option<u64>,
+}
+
+/// The replicated log, membership, settlement and matching of one node.
+pub struct Engine {
+    identity: Arc<Identity>,
+    me: NodeId,
+    config: EngineConfig,
+    market_hash: [u8; 32],
+    // Network.
+    genesis: Option<([u8; 32], NodeId)>,
+    target_genesis: Option<[u8; 32]>,
+    members: BTreeSet<NodeId>,
+    /// For members admitted by a `Join`: its lamport (their frontier floor).
+    member_floor: BTreeMap<NodeId, u64>,
+    /// Origins whose events are accepted: the founder and every node named by a delivered `Join`.
+    known_origins: BTreeSet<NodeId>,
+    has_orders: bool,
+    // Log.
+    origins: BTreeMap<NodeId, OriginState>,
+    buffer: BTreeMap<(NodeId, u64), (Option<NodeId>, VerifiedBatch)>,
+    clock: u64,
+    unsettled: BTreeMap<Key, Event>,
+    settled_key: Option<Key>,
+    settled_events: u64,
+    events_delivered: u64,
+    local: Vec<Event>,
+    persisted_settled: Option<Key>,
+    // Matching.
+    exchange: Exchange,
+    orders: HashMap<u128, OrderRecord>,
+    client_ids: HashMap<String, u64>,
+    trades: BTreeMap<String, VecDeque<TradeView>>,
+    trade_count: u64,
+    trade_chain: [u8; 32],
+    scratch: Vec<BookEvent>,
+    // Digests.
+    digests: VecDeque<(u64, [u8; 32])>,
+    digest_mismatches: u64,
+    rejected_events: u64,
+    // Peers and timers.
+    peers: BTreeMap<NodeId, PeerState>,
+    now_ms: u64,
+    started_ms: Option<u64>,
+    last_frontier: (u64, u64),
+    last_frontier_ms: Option<u64>,
+    last_sync_ms: Option<u64>,
+    last_digest_ms: Option<u64>,
+    last_join_ms: Option<u64>,
+    join_cursor: usize,
+    announce_info: bool,
+}
+
+/// Whether a periodic action last done at `last` is due at `now` (and marks it done).
+fn due(last: &mut Option<u64>, now: u64, interval: u64) -> bool {
+    match *last {
+        Some(at) if now.saturating_sub(at) < interval => false,
+        _ => {
+            *last = Some(now);
+            true
+        }
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("me", &self.me)
+            .field("phase", &self.phase())
+            .field("clock", &self.clock)
+            .field("settled_events", &self.settled_events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The genesis id of a founder's network: sha256 over a domain tag, the founder,
+/// the network id and the market hash.
+pub fn genesis_id(founder: &NodeId, network_id: &str, market_hash: &[u8; 32]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"p2p-exchange/genesis/v1\0");
+    hasher.update(founder.as_bytes());
+    hasher.update((network_id.len() as u64).to_le_bytes());
+    hasher.update(network_id.as_bytes());
+    hasher.update(market_hash);
+    hasher.finalize().into()
+}
+
+impl Engine {
+    /// A fresh engine (no network yet). Fails if the markets are invalid.
+    pub fn new(identity: Arc<Identity>, config: EngineConfig) -> Result<Engine, String> {
+        let exchange = Exchange::new(config.markets.clone()).map_err(|e| e.to_string())?;
+        let market_hash = crate::ids::market_hash(&config.markets);
+        Ok(Engine {
+            me: identity.node_id(),
+            identity,
+            market_hash,
+            genesis: None,
+            target_genesis: None,
+            members: BTreeSet::new(),
+            member_floor: BTreeMap::new(),
+            known_origins: BTreeSet::new(),
+            has_orders: false,
+            origins: BTreeMap::new(),
+            buffer: BTreeMap::new(),
+            clock: 0,
+            unsettled: BTreeMap::new(),
+            settled_key: None,
+            settled_events: 0,
+            events_delivered: 0,
+            local: Vec::new(),
+            persisted_settled: None,
+            exchange,
+            orders: HashMap::new(),
+            client_ids: HashMap::new(),
+            trades: BTreeMap::new(),
+            trade_count: 0,
+            trade_chain: [0; 32],
+            scratch: Vec::new(),
+            digests: VecDeque::new(),
+            digest_mismatches: 0,
+            rejected_events: 0,
+            peers: BTreeMap::new(),
+            now_ms: 0,
+            started_ms: None,
+            last_frontier: (0, 0),
+            last_frontier_ms: None,
+            last_sync_ms: None,
+            last_digest_ms: None,
+            last_join_ms: None,
+            join_cursor: 0,
+            announce_info: false,
+            config,
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.me
+    }
+
+    /// The market hash every member shares.
+    pub fn market_hash(&self) -> [u8; 32] {
+        self.market_hash
+    }
+
+    /// The configured markets.
+    pub fn markets(&self) -> &[MarketSpec] {
+        &self.config.markets
+    }
+
+    /// The genesis id, once this node belongs to a network.
+    pub fn genesis(&self) -> Option<[u8; 32]> {
+        self.genesis.map(|(id, _)| id)
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        if self.genesis.is_none() {
+            if self.target_genesis.is_some() {
+                Phase::Joining
+            } else {
+                Phase::Fresh
+            }
+        } else if self.members.contains(&self.me) {
+            Phase::Member
+        } else if self.known_origins.contains(&self.me) || self.target_genesis.is_some() {
+            Phase::Joining
+        } else {
+            Phase::Observer
+        }
+    }
+
+    /// The current members.
+    pub fn members(&self) -> &BTreeSet<NodeId> {
+        &self.members
+    }
+
+    /// The number of settled events.
+    pub fn settled_events(&self) -> u64 {
+        self.settled_events
+    }
+
+    /// The number of delivered events not yet settled.
+    pub fn pending_events(&self) -> usize {
+        self.unsettled.len()
+    }
+
+    /// The delivered clock: origin -> highest contiguous seq.
+    pub fn clock(&self) -> BTreeMap<NodeId, u64> {
+        self.origins
+            .iter()
+            .filter(|(_, st)| st.delivered > 0)
+            .map(|(id, st)| (*id, st.delivered))
+            .collect()
+    }
+
+    /// Whether a batch of `origin` ending at `last_seq` would add anything (lets the
+    /// shell skip verifying duplicates, which flooding produces a lot of).
+    pub fn wants_batch(&self, origin: &NodeId, last_seq: u64) -> bool {
+        let delivered = self.origins.get(origin).map_or(0, |st| st.delivered);
+        last_seq > delivered && !self.buffer.contains_key(&(*origin, last_seq.min(delivered + 1)))
+    }
+
+    /// Whether a frontier of `origin` at `lamport` is news (the shell skips verifying old ones).
+    pub fn wants_frontier(&self, origin: &NodeId, lamport: u64) -> bool {
+        *origin != self.me && self.origins.get(origin).is_none_or(|st| lamport > st.announced)
+    }
+
+    /// The settled book of a market.
+    pub fn book(&self, market: &str) -> Option<&orderbook_core::Book> {
+        self.exchange.market(market)
+    }
+
+    /// The most recent settled trades of a market, newest first.
+    pub fn trades(&self, market: &str, limit: usize) -> Vec<TradeView> {
+        self.trades
+            .get(market)
+            .map(|list| list.iter().rev().take(limit).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// An order's state, if its event has been delivered here.
+    pub fn order(&self, id: ApiOrderId) -> Option<OrderView> {
+        self.orders.get(&id.0.0).map(view)
+    }
+
+    /// The state digest: sha256 over the settled position, the matcher's digest and the
+    /// trade hash chain.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(b"p2p-exchange/state/v1\0");
+        hasher.update(self.settled_events.to_le_bytes());
+        let (lamport, origin, seq) = self
+            .settled_key
+            .unwrap_or((0, NodeId::from_bytes([0; 32]), 0));
+        hasher.update(lamport.to_le_bytes());
+        hasher.update(origin.as_bytes());
+        hasher.update(seq.to_le_bytes());
+        hasher.update(self.exchange.digest());
+        hasher.update(self.trade_count.to_le_bytes());
+        hasher.update(self.trade_chain);
+        hasher.finalize().into()
+    }
+
+    /// The current settled frontier: min over members of their trusted frontier.
+    pub fn settled_frontier(&self) -> Option<u64> {
+        self.members.iter().map(|m| self.frontier_of(m)).min()
+    }
+
+    /// A status snapshot.
+    pub fn status(&self) -> EngineStatus {
+        let waiting_for = match self.unsettled.keys().next() {
+            Some(&(lamport, _, _)) => self
+                .members
+                .iter()
+                .filter(|m| self.frontier_of(m) < lamport)
+                .map(|m| m.to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        EngineStatus {
+            phase: self.phase(),
+            genesis: self.genesis.map(|(id, _)| hex(&id)),
+            members: self.members.iter().map(|m| m.to_string()).collect(),
+            events_delivered: self.events_delivered,
+            settled_events: self.settled_events,
+            pending_events: self.unsettled.len() as u64,
+            settled_lamport: self.settled_key.map_or(0, |k| k.0),
+            settled_frontier: self.settled_frontier(),
+            lamport: self.clock,
+            digest: hex(&self.digest()),
+            waiting_for,
+            rejected_events: self.rejected_events,
+            digest_mismatches: self.digest_mismatches,
+            clock: self
+                .clock()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
+    }
+
+    /// Handles one input, appending effects to `out`.
+    pub fn handle(&mut self, input: Input, out: &mut Vec<Effect>) {
+        match input {
+            Input::Place { request, order } => {
+                let reply = self.place(order, out);
+                out.push(Effect::Reply { request, reply });
+            }
+            Input::Cancel { request, order_id } => {
+                let reply = self.cancel(order_id, out);
+                out.push(Effect::Reply { request, reply });
+            }
+            Input::Connected { peer } => {
+                self.peers.insert(peer, PeerState::default());
+                out.push(Effect::Send {
+                    to: peer,
+                    message: self.network_info(),
+                });
+                if self.genesis.is_some() {
+                    out.push(Effect::Send {
+                        to: peer,
+                        message: self.sync_request(),
+                    });
+                    if self.last_frontier.1 > 0 {
+                        out.push(Effect::Send {
+                            to: peer,
+                            message: Message::Frontier(SignedFrontier::sign(
+                                &self.identity,
+                                self.last_frontier.0,
+                                self.last_frontier.1,
+                            )),
+                        });
+                    }
+                }
+            }
+            Input::Disconnected { peer } => {
+                self.peers.remove(&peer);
+            }
+            Input::Peer { from, message } => self.on_peer(from, message, out),
+            Input::Tick { now_ms } => self.on_tick(now_ms, out),
+            Input::Flush { now_ms } => self.flush(now_ms, out),
+        }
+    }
+
+    // ---- Restore from the durable log ----------------------------------------------------
+
+    /// Replays one durable batch (no effects: it is already durable and peers learn it by sync).
+    pub fn restore_batch(&mut self, batch: VerifiedBatch) {
+        if self.genesis.is_none()
+            && self.target_genesis.is_none()
+            && batch.first_seq() == 1
+            && let Some(Event {
+                origin,
+                body: EventBody::Genesis {
+                    network_id,
+                    market_hash,
+                },
+                ..
+            }) = batch.events().first()
+        {
+            self.target_genesis = Some(genesis_id(origin, network_id, market_hash));
+        }
+        let mut sink = Vec::new();
+        self.offer(None, batch, false, &mut sink);
+    }
+
+    /// Replays a settled marker: settles everything up to `key` in key order.
+    pub fn restore_settled(&mut self, key: Key) {
+        let mut sink = Vec::new();
+        while let Some(entry) = self.unsettled.first_entry() {
+            if *entry.key() > key {
+                break;
+            }
+            let (k, event) = entry.remove_entry();
+            self.apply(k, event, &mut sink);
+        }
+        self.persisted_settled = self.settled_key;
+    }
+
+    /// Ends a replay: the clock and own seq are what the log says.
+    pub fn finish_restore(&mut self) {
+        let own = self.origins.get(&self.me).map_or((0, 0), |st| (st.delivered, st.last_lamport));
+        // Never announce less than we may already have announced before a restart: every
+        // frontier we sent was durable, so the replayed clock covers it.
+        self.last_frontier = (own.0, 0);
+    }
+
+    // ---- Client commands ---------------------------------------------------------------
+
+    fn place(&mut self, order: PlaceOrder, out: &mut Vec<Effect>) -> Result<OrderView, ClientError> {
+        if let Some(client_id) = &order.client_order_id {
+            if client_id.is_empty() || client_id.len() > MAX_CLIENT_ORDER_ID_LEN {
+                return Err(ClientError::bad(
+                    "invalid_client_order_id",
+                    format!("client_order_id must be 1 to {MAX_CLIENT_ORDER_ID_LEN} bytes"),
+                ));
+            }
+            if let Some(seq) = self.client_ids.get(client_id) {
+                let id = order_id(&self.me, *seq);
+                if let Some(record) = self.orders.get(&id.0) {
+                    return Ok(view(record));
+                }
+            }
+        }
+        self.validate(&order)?;
+        if self.phase() != Phase::Member {
+            return Err(ClientError::new(
+                ClientErrorKind::Unavailable,
+                "not_member",
+                "this node is not a member of a network yet; try again shortly",
+            ));
+        }
+        let seq = self.create(EventBody::Place(order), out);
+        let id = order_id(&self.me, seq);
+        self.orders
+            .get(&id.0)
+            .map(view)
+            .ok_or_else(|| ClientError::new(ClientErrorKind::Unavailable, "internal", "order vanished"))
+    }
+
+    fn validate(&self, order: &PlaceOrder) -> Result<(), ClientError> {
+        let Some(spec) = self.config.markets.iter().find(|m| m.name == order.market) else {
+            return Err(ClientError::bad(
+                "unknown_market",
+                format!("unknown market {:?}", order.market),
+            ));
+        };
+        match (order.order_type, order.price) {
+            (OrderType::Limit, None) => {
+                return Err(ClientError::bad("missing_price", "a limit order needs a price"));
+            }
+            (OrderType::Market, Some(_)) => {
+                return Err(ClientError::bad(
+                    "unexpected_price",
+                    "a market order takes no price",
+                ));
+            }
+            (OrderType::Market, None) if order.time_in_force == TimeInForce::PostOnly => {
+                return Err(ClientError::bad(
+                    "invalid_time_in_force",
+                    "a market order cannot be post_only",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(price) = order.price {
+            if price <= Decimal::ZERO {
+                return Err(ClientError::bad("invalid_price", "price must be positive"));
+            }
+            if !(price % spec.tick_size).is_zero() {
+                return Err(ClientError::bad(
+                    "off_tick",
+                    format!("price {price} is not a multiple of the tick size {}", spec.tick_size),
+                ));
+            }
+        }
+        if order.quantity <= Decimal::ZERO {
+            return Err(ClientError::bad("invalid_quantity", "quantity must be positive"));
+        }
+        if !(order.quantity % spec.lot_size).is_zero() {
+            return Err(ClientError::bad(
+                "off_lot",
+                format!(
+                    "quantity {} is not a multiple of the lot size {}",
+                    order.quantity, spec.lot_size
+                ),
+            ));
+        }
+        // The matcher keeps integer ticks and lots: refuse what it could not represent, so a
+        // valid-looking order is never rejected only at settlement.
+        let ticks = order.price.map(|p| p / spec.tick_size);
+        let lots = order.quantity / spec.lot_size;
+        let limit = Decimal::from(u64::MAX / 4);
+        if ticks.is_some_and(|t| t > limit) {
+            return Err(ClientError::bad("invalid_price", "price is too large"));
+        }
+        if lots > limit {
+            return Err(ClientError::bad("invalid_quantity", "quantity is too large"));
+        }
+        Ok(())
+    }
+
+    fn cancel(&mut self, id: ApiOrderId, out: &mut Vec<Effect>) -> Result<OrderView, ClientError> {
+        let Some(record) = self.orders.get(&id.0.0) else {
+            return Err(ClientError::new(
+                ClientErrorKind::NotFound,
+                "order_not_found",
+                format!("no order {id}"),
+            ));
+        };
+        if record.origin != self.me {
+            return Err(ClientError::new(
+                ClientErrorKind::Forbidden,
+                "not_owner",
+                "only the node that placed an order can cancel it",
+            ));
+        }
+        if record.status.is_final() {
+            return Err(ClientError::new(
+                ClientErrorKind::Conflict,
+                "order_finished",
+                format!("order {id} is already {:?}", record.status).to_lowercase(),
+            ));
+        }
+        if record.cancel_requested {
+            return Ok(view(record));
+        }
+        if self.phase() != Phase::Member {
+            return Err(ClientError::new(
+                ClientErrorKind::Unavailable,
+                "not_member",
+                "this node is not a member of the network",
+            ));
+        }
+        let order_seq = record.seq;
+        self.create(EventBody::Cancel { order_seq }, out);
+        let record = self.orders.get_mut(&id.0.0).ok_or_else(|| {
+            ClientError::new(ClientErrorKind::NotFound, "order_not_found", "order vanished")
+        })?;
+        record.cancel_requested = true;
+        Ok(view(record))
+    }
+
+    /// Creates a local event: next own seq, `lamport = 1 + max seen`; delivered to self at once.
+    fn create(&mut self, body: EventBody, out: &mut Vec<Effect>) -> u64 {
+        let me = self.me;
+        let st = self.origins.entry(me).or_default();
+        let seq = st.delivered + 1;
+        self.clock += 1;
+        let lamport = self.clock;
+        st.delivered = seq;
+        st.last_lamport = lamport;
+        let event = Event {
+            origin: me,
+            seq,
+            lamport,
+            body,
+        };
+        self.local.push(event.clone());
+        self.known_origins.insert(me);
+        self.on_delivered(&event);
+        self.unsettled.insert((lamport, me, seq), event);
+        self.settle(out);
+        seq
+    }
+
+    fn flush(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
+        self.now_ms = now_ms;
+        if std::mem::take(&mut self.announce_info) {
+            out.push(Effect::Broadcast {
+                message: self.network_info(),
+                except: None,
+            });
+        }
+        let local = std::mem::take(&mut self.local);
+        let mut rest = local.as_slice();
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(rest.len().min(MAX_LOCAL_BATCH));
+            rest = tail;
+            match SignedBatch::sign(&self.identity, chunk.to_vec()) {
+                Ok(batch) => {
+                    let batch = Arc::new(batch);
+                    if let Some(st) = self.origins.get_mut(&self.me) {
+                        st.batches.push(batch.clone());
+                    }
+                    out.push(Effect::Persist(Record::Batch((*batch).clone())));
+                    out.push(Effect::Broadcast {
+                        message: Message::Batch((*batch).clone()),
+                        except: None,
+                    });
+                }
+                Err(error) => {
+                    // Only reachable through a bug in event creation: never send a batch the
+                    // peers would reject.
+                    tracing::error!(%error, "cannot sign local events");
+                }
+            }
+        }
+        if self.settled_key != self.persisted_settled
+            && let Some((lamport, origin, seq)) = self.settled_key
+        {
+            out.push(Effect::Persist(Record::Settled {
+                lamport,
+                origin,
+                seq,
+            }));
+            self.persisted_settled = self.settled_key;
+        }
+        self.maybe_announce(now_ms, false, out);
+    }
+
+    fn maybe_announce(&mut self, now_ms: u64, heartbeat: bool, out: &mut Vec<Effect>) {
+        if self.genesis.is_none() || !self.members.contains(&self.me) {
+            return;
+        }
+        let seq = self.origins.get(&self.me).map_or(0, |st| st.delivered);
+        let moved = (seq, self.clock) != self.last_frontier;
+        let since = self
+            .last_frontier_ms
+            .map_or(u64::MAX, |at| now_ms.saturating_sub(at));
+        let due = since >= self.config.frontier_min_interval_ms;
+        let idle_due = since >= self.config.heartbeat_ms;
+        if (moved && due) || (heartbeat && idle_due) {
+            self.last_frontier = (seq, self.clock);
+            self.last_frontier_ms = Some(now_ms);
+            out.push(Effect::Broadcast {
+                message: Message::Frontier(SignedFrontier::sign(&self.identity, seq, self.clock)),
+                except: None,
+            });
+        }
+    }
+
+    // ---- Timers ------------------------------------------------------------------------
+
+    fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
+        self.now_ms = now_ms;
+        let started = *self.started_ms.get_or_insert(now_ms);
+        if self.genesis.is_none()
+            && self.target_genesis.is_none()
+            && (self.config.found || now_ms.saturating_sub(started) >= self.config.join_window_ms)
+        {
+            self.found(out);
+        }
+        if self.genesis.is_some() || self.target_genesis.is_some() {
+            if self.phase() == Phase::Joining && due(&mut self.last_join_ms, now_ms, JOIN_RETRY_MS)
+            {
+                self.request_join(out);
+            }
+            if due(&mut self.last_sync_ms, now_ms, SYNC_INTERVAL_MS) {
+                let request = self.sync_request();
+                for peer in self.same_network_peers() {
+                    out.push(Effect::Send {
+                        to: peer,
+                        message: request.clone(),
+                    });
+                }
+            }
+        }
+        if self.genesis.is_some() && due(&mut self.last_digest_ms, now_ms, DIGEST_INTERVAL_MS) {
+            let digest = self.digest();
+            self.remember_digest(self.settled_events, digest);
+            out.push(Effect::Broadcast {
+                message: Message::Digest {
+                    lamport: self.settled_key.map_or(0, |k| k.0),
+                    settled_events: self.settled_events,
+                    digest,
+                },
+                except: None,
+            });
+        }
+        self.maybe_announce(now_ms, true, out);
+    }
+
+    fn found(&mut self, out: &mut Vec<Effect>) {
+        let id = genesis_id(&self.me, &self.config.network_id, &self.market_hash);
+        tracing::info!(genesis = %hex(&id), "founding a new network");
+        self.target_genesis = Some(id);
+        let body = EventBody::Genesis {
+            network_id: self.config.network_id.clone(),
+            market_hash: self.market_hash,
+        };
+        self.create(body, out);
+        out.push(Effect::Broadcast {
+            message: self.network_info(),
+            except: None,
+        });
+    }
+
+    fn request_join(&mut self, out: &mut Vec<Effect>) {
+        let Some(target) = self.target_genesis.or(self.genesis()) else {
+            return;
+        };
+        let sponsors: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.member && p.genesis == Some(Some(target)))
+            .map(|(id, _)| *id)
+            .collect();
+        if sponsors.is_empty() {
+            return;
+        }
+        let sponsor = sponsors[self.join_cursor % sponsors.len()];
+        self.join_cursor = self.join_cursor.wrapping_add(1);
+        let signature = self.identity.sign(&peer_protocol::join_transcript(
+            &self.config.network_id,
+            &self.me,
+        ));
+        tracing::debug!(sponsor = %sponsor.short(), "asking to join");
+        out.push(Effect::Send {
+            to: sponsor,
+            message: Message::JoinRequest {
+                node_id: self.me,
+                signature,
+            },
+        });
+    }
+
+    // ---- Peer messages -----------------------------------------------------------------
+
+    fn network_info(&self) -> Message {
+        Message::NetworkInfo {
+            genesis: self.genesis(),
+            has_orders: self.has_orders,
+            members: self.members.iter().copied().collect(),
+            clock: crate::wire::clock_to_wire(&self.clock()),
+        }
+    }
+
+    fn sync_request(&self) -> Message {
+        Message::SyncRequest {
+            clock: crate::wire::clock_to_wire(&self.clock()),
+        }
+    }
+
+    fn our_network(&self) -> Option<[u8; 32]> {
+        self.genesis().or(self.target_genesis)
+    }
+
+    fn same_network_peers(&self) -> Vec<NodeId> {
+        let ours = self.our_network();
+        self.peers
+            .iter()
+            .filter(|(_, p)| ours.is_some() && p.genesis == Some(ours))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn peer_in_network(&self, peer: &NodeId) -> bool {
+        let ours = self.our_network();
+        ours.is_some()
+            && self
+                .peers
+                .get(peer)
+                .is_some_and(|p| p.genesis == Some(ours))
+    }
+
+    fn on_peer(&mut self, from: NodeId, message: PeerInput, out: &mut Vec<Effect>) {
+        if let PeerInput::NetworkInfo {
+            genesis,
+            has_orders,
+            members,
+            clock,
+        } = message
+        {
+            self.on_network_info(from, genesis, has_orders, members, clock, out);
+            return;
+        }
+        if let PeerInput::JoinRequest = message {
+            // Its signature covers our network id; the newcomer may not have told us its genesis.
+            self.on_join_request(from, out);
+            return;
+        }
+        if !self.peer_in_network(&from) {
+            tracing::debug!(peer = %from.short(), "ignoring log message from a peer of another network");
+            return;
+        }
+        match message {
+            PeerInput::Batch(batch) => {
+                self.offer(Some(from), batch, true, out);
+                self.settle(out);
+            }
+            PeerInput::Frontier(frontier) => self.on_frontier(from, frontier, out),
+            PeerInput::SyncRequest { clock } => self.answer_sync(from, &clock, out),
+            PeerInput::SyncResponse { batches, done } => {
+                for batch in batches {
+                    self.offer(Some(from), batch, false, out);
+                }
+                self.settle(out);
+                if !done {
+                    out.push(Effect::Send {
+                        to: from,
+                        message: self.sync_request(),
+                    });
+                }
+            }
+            PeerInput::Digest {
+                lamport: _,
+                settled_events,
+                digest,
+            } => self.on_digest(from, settled_events, digest),
+            PeerInput::JoinRequest => self.on_join_request(from, out),
+            PeerInput::NetworkInfo { .. } => {}
+        }
+    }
+
+    fn on_network_info(
+        &mut self,
+        from: NodeId,
+        genesis: Option<[u8; 32]>,
+        has_orders: bool,
+        members: Vec<NodeId>,
+        clock: BTreeMap<NodeId, u64>,
+        out: &mut Vec<Effect>,
+    ) {
+        let peer = self.peers.entry(from).or_default();
+        peer.genesis = Some(genesis);
+        peer.member = members.contains(&from);
+        let Some(theirs) = genesis else {
+            return;
+        };
+        match self.our_network() {
+            None => {
+                tracing::info!(genesis = %hex(&theirs), peer = %from.short(), "found a network to join");
+                self.target_genesis = Some(theirs);
+                out.push(Effect::Send {
+                    to: from,
+                    message: self.sync_request(),
+                });
+            }
+            Some(ours) if ours == theirs => {
+                let mine = self.clock();
+                if clock
+                    .iter()
+                    .any(|(origin, seq)| mine.get(origin).copied().unwrap_or(0) < *seq)
+                {
+                    out.push(Effect::Send {
+                        to: from,
+                        message: self.sync_request(),
+                    });
+                }
+            }
+            Some(ours) => {
+                if self.genesis.is_none() {
+                    // Still joining: keep the first network found.
+                    return;
+                }
+                let we_lose = !self.has_orders && (has_orders || theirs < ours);
+                if we_lose {
+                    tracing::warn!(
+                        ours = %hex(&ours),
+                        theirs = %hex(&theirs),
+                        "two fresh networks met: ours holds no orders and loses, wiping it to join theirs"
+                    );
+                    self.wipe(theirs, out);
+                    out.push(Effect::Send {
+                        to: from,
+                        message: self.sync_request(),
+                    });
+                } else if self.has_orders && has_orders {
+                    tracing::error!(
+                        ours = %hex(&ours),
+                        theirs = %hex(&theirs),
+                        peer = %from.short(),
+                        "refusing a peer of another network with the same NETWORK_ID: both hold orders and are never merged"
+                    );
+                    out.push(Effect::Disconnect {
+                        peer: from,
+                        reason: GoodbyeReason::NetworkMismatch,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Forgets this node's (orderless) network and starts joining `target`.
+    fn wipe(&mut self, target: [u8; 32], out: &mut Vec<Effect>) {
+        let peers = std::mem::take(&mut self.peers);
+        let fresh = match Engine::new(self.identity.clone(), self.config.clone()) {
+            Ok(engine) => engine,
+            Err(error) => {
+                tracing::error!(%error, "cannot reset the engine");
+                return;
+            }
+        };
+        let started = self.started_ms;
+        *self = fresh;
+        self.peers = peers;
+        self.started_ms = started;
+        self.target_genesis = Some(target);
+        out.push(Effect::WipeLog);
+        out.push(Effect::Broadcast {
+            message: self.network_info(),
+            except: None,
+        });
+    }
+
+    fn on_join_request(&mut self, from: NodeId, out: &mut Vec<Effect>) {
+        if self.phase() != Phase::Member {
+            return;
+        }
+        if self.members.contains(&from) || self.known_origins.contains(&from) {
+            // Already admitted, or a Join for it is on its way to settlement.
+            return;
+        }
+        tracing::info!(newcomer = %from.short(), "admitting a new member");
+        self.create(EventBody::Join { member: from }, out);
+    }
+
+    fn on_digest(&mut self, from: NodeId, settled_events: u64, digest: [u8; 32]) {
+        let ours = if settled_events == self.settled_events {
+            Some(self.digest())
+        } else {
+            self.digests
+                .iter()
+                .find(|(count, _)| *count == settled_events)
+                .map(|(_, d)| *d)
+        };
+        if let Some(ours) = ours
+            && ours != digest
+        {
+            self.digest_mismatches += 1;
+            tracing::error!(
+                peer = %from.short(),
+                settled_events,
+                ours = %hex(&ours),
+                theirs = %hex(&digest),
+                "state digest mismatch at the same settled position"
+            );
+        }
+    }
+
+    fn remember_digest(&mut self, settled_events: u64, digest: [u8; 32]) {
+        if self.digests.back().is_some_and(|(c, _)| *c == settled_events) {
+            return;
+        }
+        if self.digests.len() >= 64 {
+            self.digests.pop_front();
+        }
+        self.digests.push_back((settled_events, digest));
+    }
+
+    fn answer_sync(&mut self, to: NodeId, theirs: &BTreeMap<NodeId, u64>, out: &mut Vec<Effect>) {
+        let mut batches = Vec::new();
+        let mut events = 0usize;
+        let mut done = true;
+        // The founder first: a joining node needs the genesis before anything else.
+        let founder = self.genesis.map(|(_, f)| f);
+        let order = founder
+            .into_iter()
+            .chain(self.origins.keys().copied().filter(|o| Some(*o) != founder));
+        'origins: for origin in order {
+            let Some(st) = self.origins.get(&origin) else {
+                continue;
+            };
+            let have = theirs.get(&origin).copied().unwrap_or(0);
+            if st.delivered <= have {
+                continue;
+            }
+            let start = st.batches.partition_point(|b| b.last_seq() <= have);
+            for batch in &st.batches[start..] {
+                if batches.len() >= peer_protocol::MAX_BATCHES_PER_SYNC
+                    || events + batch.events().len() > MAX_SYNC_EVENTS
+                {
+                    done = false;
+                    break 'origins;
+                }
+                events += batch.events().len();
+                batches.push((**batch).clone());
+            }
+        }
+        if batches.is_empty() && done {
+            return;
+        }
+        out.push(Effect::Send {
+            to,
+            message: Message::SyncResponse { batches, done },
+        });
+    }
+
+    fn on_frontier(&mut self, from: NodeId, frontier: VerifiedFrontier, out: &mut Vec<Effect>) {
+        let origin = frontier.origin();
+        if origin == self.me || !self.known_origins.contains(&origin) {
+            return;
+        }
+        let st = self.origins.entry(origin).or_default();
+        if frontier.lamport() <= st.announced {
+            return;
+        }
+        st.announced = frontier.lamport();
+        match st.pending_frontier {
+            Some((seq, _)) if seq > frontier.seq() => {}
+            _ => st.pending_frontier = Some((frontier.seq(), frontier.lamport())),
+        }
+        out.push(Effect::Broadcast {
+            message: Message::Frontier(frontier.into_signed()),
+            except: Some(from),
+        });
+        self.try_trust(&origin);
+        self.settle(out);
+    }
+
+    fn try_trust(&mut self, origin: &NodeId) {
+        if let Some(st) = self.origins.get_mut(origin)
+            && let Some((seq, lamport)) = st.pending_frontier
+            && seq <= st.delivered
+        {
+            st.trusted = st.trusted.max(lamport);
+            st.pending_frontier = None;
+        }
+    }
+
+    // ---- Delivery ----------------------------------------------------------------------
+
+    fn accepts_origin(&self, origin: &NodeId, batch: &VerifiedBatch) -> bool {
+        if self.known_origins.contains(origin) {
+            return true;
+        }
+        // Before the genesis is known, only the genesis batch of the network we join.
+        self.genesis.is_none()
+            && batch.first_seq() == 1
+            && self.target_genesis.is_some()
+            && matches!(
+                batch.events().first().map(|e| &e.body),
+                Some(EventBody::Genesis { network_id, market_hash })
+                    if Some(genesis_id(origin, network_id, market_hash)) == self.target_genesis
+            )
+    }
+
+    /// Offers a verified batch: delivered if it is next for its origin, buffered if it is ahead
+    /// of a gap (the gap is fetched), dropped if already delivered.
+    fn offer(&mut self, from: Option<NodeId>, batch: VerifiedBatch, relay: bool, out: &mut Vec<Effect>) {
+        let origin = batch.origin();
+        let delivered = self.origins.get(&origin).map_or(0, |st| st.delivered);
+        if batch.last_seq() <= delivered {
+            return;
+        }
+        if !self.accepts_origin(&origin, &batch) || batch.first_seq() > delivered + 1 {
+            if self.buffer.len() < MAX_BUFFERED_BATCHES {
+                self.buffer
+                    .insert((origin, batch.first_seq()), (from, batch));
+            }
+            if let Some(peer) = from {
+                self.request_gap(peer, out);
+            }
+            return;
+        }
+        if !self.deliver(from, batch, relay, out) {
+            return;
+        }
+        self.drain_buffer(out);
+    }
+
+    fn request_gap(&mut self, peer: NodeId, out: &mut Vec<Effect>) {
+        let now = self.now_ms;
+        let request = self.sync_request();
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if !due(&mut p.last_gap_sync_ms, now, GAP_SYNC_MIN_MS) {
+                return;
+            }
+            out.push(Effect::Send {
+                to: peer,
+                message: request,
+            });
+        }
+    }
+
+    fn drain_buffer(&mut self, out: &mut Vec<Effect>) {
+        loop {
+            let mut progressed = false;
+            let keys: Vec<(NodeId, u64)> = self.buffer.keys().copied().collect();
+            for key in keys {
+                let origin = key.0;
+                let delivered = self.origins.get(&origin).map_or(0, |st| st.delivered);
+                let Some((_, batch)) = self.buffer.get(&key) else {
+                    continue;
+                };
+                if batch.last_seq() <= delivered {
+                    self.buffer.remove(&key);
+                    continue;
+                }
+                if batch.first_seq() <= delivered + 1 && self.accepts_origin(&origin, batch) {
+                    if let Some((from, batch)) = self.buffer.remove(&key) {
+                        self.deliver(from, batch, from.is_some(), out);
+                        progressed = true;
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// Delivers the new events of a batch that starts at or before the next expected seq.
+    fn deliver(&mut self, from: Option<NodeId>, batch: VerifiedBatch, relay: bool, out: &mut Vec<Effect>) -> bool {
+        let origin = batch.origin();
+        let (delivered, last_lamport) = self
+            .origins
+            .get(&origin)
+            .map_or((0, 0), |st| (st.delivered, st.last_lamport));
+        let new: Vec<&Event> = batch.events().iter().filter(|e| e.seq > delivered).collect();
+        let Some(first) = new.first() else {
+            return false;
+        };
+        if first.lamport <= last_lamport {
+            self.reject(from, &origin, "lamport not increasing across batches");
+            return false;
+        }
+        let frontier = self.settled_frontier();
+        if let Some(s) = frontier
+            && first.lamport <= s
+        {
+            self.rejected_events += new.len() as u64;
+            tracing::warn!(
+                origin = %origin.short(),
+                seq = first.seq,
+                lamport = first.lamport,
+                settled_frontier = s,
+                "rejecting events stamped at or below the settled frontier"
+            );
+            if let Some(peer) = from {
+                out.push(Effect::Misbehaviour {
+                    peer,
+                    what: format!("event of {} below the settled frontier", origin.short()),
+                });
+            }
+            return false;
+        }
+        if self.settled_key.is_some_and(|k| (first.lamport, origin, first.seq) <= k) {
+            self.reject(from, &origin, "event before the settled position");
+            return false;
+        }
+        let events: Vec<Event> = new.into_iter().cloned().collect();
+        for event in events {
+            self.clock = self.clock.max(event.lamport);
+            self.on_delivered(&event);
+            self.unsettled
+                .insert((event.lamport, event.origin, event.seq), event);
+        }
+        let st = self.origins.entry(origin).or_default();
+        st.delivered = batch.last_seq();
+        st.last_lamport = batch.last_lamport();
+        let signed = Arc::new(batch.into_signed());
+        st.batches.push(signed.clone());
+        if from.is_some() {
+            out.push(Effect::Persist(Record::Batch((*signed).clone())));
+        }
+        if relay {
+            out.push(Effect::Broadcast {
+                message: Message::Batch((*signed).clone()),
+                except: from,
+            });
+        }
+        self.try_trust(&origin);
+        true
+    }
+
+    fn reject(&mut self, from: Option<NodeId>, origin: &NodeId, what: &str) {
+        self.rejected_events += 1;
+        tracing::warn!(origin = %origin.short(), from = ?from.map(|f| f.short()), what, "rejecting a batch");
+    }
+
+    fn on_delivered(&mut self, event: &Event) {
+        self.events_delivered += 1;
+        match &event.body {
+            EventBody::Genesis {
+                network_id,
+                market_hash,
+            } => {
+                let id = genesis_id(&event.origin, network_id, market_hash);
+                if self.genesis.is_none() && event.seq == 1 && Some(id) == self.target_genesis {
+                    self.genesis = Some((id, event.origin));
+                    self.target_genesis = None;
+                    self.members.insert(event.origin);
+                    self.known_origins.insert(event.origin);
+                    self.announce_info = true;
+                    tracing::info!(genesis = %hex(&id), founder = %event.origin.short(), "network genesis");
+                }
+            }
+            EventBody::Place(order) => {
+                self.has_orders = true;
+                let id = order_id(&event.origin, event.seq);
+                if event.origin == self.me
+                    && let Some(client_id) = &order.client_order_id
+                {
+                    self.client_ids.insert(client_id.clone(), event.seq);
+                }
+                self.orders.insert(
+                    id.0,
+                    OrderRecord {
+                        origin: event.origin,
+                        seq: event.seq,
+                        lamport: event.lamport,
+                        order: order.clone(),
+                        filled: Decimal::ZERO,
+                        status: OrderStatus::Pending,
+                        reason: None,
+                        cancel_requested: false,
+                    },
+                );
+            }
+            EventBody::Cancel { order_seq } => {
+                if let Some(record) = self.orders.get_mut(&order_id(&event.origin, *order_seq).0)
+                    && record.origin == event.origin
+                {
+                    record.cancel_requested = true;
+                }
+            }
+            EventBody::Join { member } => {
+                self.known_origins.insert(*member);
+            }
+            EventBody::Leave | EventBody::Evict { .. } => {}
+        }
+    }
+
+    // ---- Settlement --------------------------------------------------------------------
+
+    fn frontier_of(&self, member: &NodeId) -> u64 {
+        if *member == self.me {
+            return self.clock;
+        }
+        let floor = self.member_floor.get(member).copied().unwrap_or(0);
+        let trusted = self.origins.get(member).map_or(0, |st| st.trusted);
+        floor.max(trusted)
+    }
+
+    /// Applies every delivered event at or below the settled frontier, in key order. A
+    /// membership change recomputes the frontier before the next event.
+    fn settle(&mut self, out: &mut Vec<Effect>) {
+        loop {
+            let Some(s) = self.settled_frontier() else {
+                break;
+            };
+            let Some(entry) = self.unsettled.first_entry() else {
+                break;
+            };
+            if entry.key().0 > s {
+                break;
+            }
+            let (key, event) = entry.remove_entry();
+            self.apply(key, event, out);
+        }
+    }
+
+    fn apply(&mut self, key: Key, event: Event, out: &mut Vec<Effect>) {
+        self.settled_key = Some(key);
+        self.settled_events += 1;
+        let origin = event.origin;
+        let is_member = self.members.contains(&origin);
+        match event.body {
+            EventBody::Genesis { .. } => {}
+            EventBody::Place(order) => {
+                let id = order_id(&origin, event.seq);
+                if !is_member {
+                    if let Some(record) = self.orders.get_mut(&id.0) {
+                        record.status = OrderStatus::Rejected;
+                        record.reason = Some("its node is not a member".to_owned());
+                    }
+                } else {
+                    let market = order.market.clone();
+                    let cmd = Command::Place(NewOrder {
+                        id,
+                        owner: owner_of(&origin),
+                        market: order.market,
+                        side: order.side,
+                        order_type: order.order_type,
+                        price: order.price,
+                        quantity: order.quantity,
+                        time_in_force: order.time_in_force,
+                        // One owner per node, many clients behind it: self-trade prevention
+                        // would cancel unrelated clients' orders, so it is off.
+                        stp: SelfTradePrevention::None,
+                    });
+                    self.execute(cmd, key.0, out);
+                    out.push(Effect::BookChanged(market));
+                }
+            }
+            EventBody::Cancel { order_seq } => {
+                if is_member {
+                    let id = order_id(&origin, order_seq);
+                    let market = self.orders.get(&id.0).map(|r| r.order.market.clone());
+                    self.execute(
+                        Command::Cancel {
+                            id,
+                            owner: owner_of(&origin),
+                        },
+                        key.0,
+                        out,
+                    );
+                    if let Some(market) = market {
+                        out.push(Effect::BookChanged(market));
+                    }
+                }
+            }
+            EventBody::Join { member } => {
+                if is_member && !self.members.contains(&member) {
+                    self.members.insert(member);
+                    self.member_floor.insert(member, key.0);
+                    tracing::info!(member = %member.short(), by = %origin.short(), "member joined");
+                }
+            }
+            EventBody::Leave => {
+                if is_member && self.members.len() > 1 {
+                    self.members.remove(&origin);
+                    tracing::info!(member = %origin.short(), "member left");
+                }
+            }
+            EventBody::Evict { .. } => {}
+        }
+        if self.settled_events % CHECKPOINT_EVERY == 0 {
+            let digest = self.digest();
+            self.remember_digest(self.settled_events, digest);
+        }
+    }
+
+    fn execute(&mut self, cmd: Command, lamport: u64, out: &mut Vec<Effect>) {
+        let is_cancel = matches!(cmd, Command::Cancel { .. });
+        let mut events = std::mem::take(&mut self.scratch);
+        events.clear();
+        self.exchange.execute_into(cmd, &mut events);
+        for event in events.drain(..) {
+            match event {
+                BookEvent::Accepted { .. } => {}
+                BookEvent::Trade {
+                    market,
+                    maker,
+                    taker,
+                    price,
+                    quantity,
+                    taker_side,
+                    ..
+                } => {
+                    for (id, is_maker) in [(maker, true), (taker, false)] {
+                        if let Some(record) = self.orders.get_mut(&id.0) {
+                            record.filled += quantity;
+                            if is_maker && !record.status.is_final() {
+                                record.status = OrderStatus::PartiallyFilled;
+                            }
+                        }
+                    }
+                    self.trade_count += 1;
+                    let trade = TradeView {
+                        trade_id: self.trade_count,
+                        market: market.clone(),
+                        price,
+                        quantity,
+                        maker_order_id: ApiOrderId(maker).to_string(),
+                        taker_order_id: ApiOrderId(taker).to_string(),
+                        taker_side,
+                        lamport,
+                    };
+                    self.chain_trade(&trade, maker.0, taker.0);
+                    let list = self.trades.entry(market).or_default();
+                    if list.len() >= MAX_TRADES_KEPT {
+                        list.pop_front();
+                    }
+                    list.push_back(trade.clone());
+                    out.push(Effect::Trade(trade));
+                }
+                BookEvent::Filled { id } => self.set_status(id.0, OrderStatus::Filled, None),
+                BookEvent::Rested { id, .. } => {
+                    let status = match self.orders.get(&id.0) {
+                        Some(r) if r.filled > Decimal::ZERO => OrderStatus::PartiallyFilled,
+                        _ => OrderStatus::Open,
+                    };
+                    self.set_status(id.0, status, None);
+                }
+                BookEvent::Cancelled { id, reason, .. } => {
+                    self.set_status(id.0, OrderStatus::Cancelled, Some(reason.to_string()));
+                }
+                BookEvent::Rejected { id, reason } => {
+                    // A rejected cancel (unknown or finished order) is a no-op, not a state of
+                    // the order it names.
+                    if !is_cancel {
+                        self.set_status(id.0, OrderStatus::Rejected, Some(reason.to_string()));
+                    }
+                }
+            }
+        }
+        self.scratch = events;
+    }
+
+    fn set_status(&mut self, id: u128, status: OrderStatus, reason: Option<String>) {
+        if let Some(record) = self.orders.get_mut(&id) {
+            record.status = status;
+            if reason.is_some() {
+                record.reason = reason;
+            }
+        }
+    }
+
+    fn chain_trade(&mut self, trade: &TradeView, maker: u128, taker: u128) {
+        let mut hasher = Sha256::new();
+        hasher.update(self.trade_chain);
+        hasher.update(trade.trade_id.to_le_bytes());
+        hasher.update((trade.market.len() as u64).to_le_bytes());
+        hasher.update(trade.market.as_bytes());
+        hasher.update(maker.to_le_bytes());
+        hasher.update(taker.to_le_bytes());
+        for d in [trade.price, trade.quantity] {
+            let s = d.normalize().to_string();
+            hasher.update((s.len() as u64).to_le_bytes());
+            hasher.update(s.as_bytes());
+        }
+        hasher.update([u8::from(trade.taker_side == Side::Buy)]);
+        self.trade_chain = hasher.finalize().into();
+    }
+}
+
+fn view(record: &OrderRecord) -> OrderView {
+    let remaining = if record.status.is_final() {
+        Decimal::ZERO
+    } else {
+        (record.order.quantity - record.filled).max(Decimal::ZERO)
+    };
+    OrderView {
+        order_id: ApiOrderId(order_id(&record.origin, record.seq)).to_string(),
+        origin: record.origin.to_string(),
+        client_order_id: record.order.client_order_id.clone(),
+        market: record.order.market.clone(),
+        side: record.order.side,
+        order_type: record.order.order_type,
+        price: record.order.price,
+        quantity: record.order.quantity,
+        time_in_force: record.order.time_in_force,
+        status: record.status,
+        filled_quantity: record.filled,
+        remaining_quantity: remaining,
+        reason: record.reason.clone(),
+        lamport: record.lamport,
+        cancel_requested: record.cancel_requested,
+    }
+}

@@ -1,0 +1,144 @@
+//! Exact conversion between `Decimal` values and integer multiples of a unit
+//! (ticks for prices, lots for quantities).
+
+use rust_decimal::Decimal;
+
+/// The largest number of ticks or lots a single price or quantity may have.
+/// Keeps every sum of two values inside `u64` and level totals far from `u128::MAX`.
+pub(crate) const MAX_UNITS: u64 = i64::MAX as u64;
+
+/// 10^0 ..= 10^28 (Decimal's maximum scale is 28).
+const POW10: [u128; 29] = {
+    let mut table = [1u128; 29];
+    let mut i = 1;
+    while i < 29 {
+        table[i] = table[i - 1] * 10;
+        i += 1;
+    }
+    table
+};
+
+/// Why a value could not be converted into units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnitError {
+    /// Zero or negative.
+    NotPositive,
+    /// Not an exact multiple of the unit.
+    OffGrid,
+    /// More than [`MAX_UNITS`] units.
+    TooLarge,
+}
+
+/// A positive unit size, normalized (no trailing zeros), kept as mantissa and scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unit {
+    mantissa: u128,
+    scale: u32,
+}
+
+impl Unit {
+    /// The unit for a positive decimal size, or `None` if it is not positive.
+    pub(crate) fn new(size: Decimal) -> Option<Unit> {
+        if size.is_sign_negative() || size.is_zero() {
+            return None;
+        }
+        let n = size.normalize();
+        let mantissa = u128::try_from(n.mantissa()).ok()?;
+        Some(Unit {
+            mantissa,
+            scale: n.scale(),
+        })
+    }
+
+    /// The unit as written in the digest: mantissa and scale.
+    pub(crate) fn parts(self) -> (u128, u32) {
+        (self.mantissa, self.scale)
+    }
+
+    /// `value / unit` if it is a positive whole number no larger than [`MAX_UNITS`].
+    #[inline]
+    pub(crate) fn to_units(self, value: Decimal) -> Result<u64, UnitError> {
+        if value.is_sign_negative() || value.is_zero() {
+            return Err(UnitError::NotPositive);
+        }
+        // Positive, so the mantissa is positive and fits in 96 bits.
+        let m = value.mantissa().unsigned_abs();
+        let s = value.scale();
+        let units = if s <= self.scale {
+            // value / unit = m * 10^(unit_scale - s) / unit_mantissa
+            let num = m
+                .checked_mul(POW10[(self.scale - s) as usize])
+                .ok_or(UnitError::TooLarge)?;
+            if !num.is_multiple_of(self.mantissa) {
+                return Err(UnitError::OffGrid);
+            }
+            num / self.mantissa
+        } else {
+            // value / unit = m / (unit_mantissa * 10^(s - unit_scale)); an
+            // overflowing denominator is larger than any mantissa, so off grid.
+            let den = self
+                .mantissa
+                .checked_mul(POW10[(s - self.scale) as usize])
+                .ok_or(UnitError::OffGrid)?;
+            if !m.is_multiple_of(den) {
+                return Err(UnitError::OffGrid);
+            }
+            m / den
+        };
+        match u64::try_from(units) {
+            Ok(u) if u <= MAX_UNITS => Ok(u),
+            _ => Err(UnitError::TooLarge),
+        }
+    }
+
+    /// `units * unit` as a decimal; saturates at `Decimal::MAX` (only reachable
+    /// for aggregated depth of absurd sizes).
+    #[inline]
+    pub(crate) fn to_decimal(self, units: u128) -> Decimal {
+        units
+            .checked_mul(self.mantissa)
+            .and_then(|v| i128::try_from(v).ok())
+            .and_then(|v| Decimal::try_from_i128_with_scale(v, self.scale).ok())
+            .unwrap_or(Decimal::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).expect("test decimal")
+    }
+
+    #[test]
+    fn conversions_are_exact() {
+        let tick = Unit::new(d("0.01")).expect("unit");
+        let cases = [
+            ("100.25", Ok(10025)),
+            ("100.250", Ok(10025)),
+            ("100", Ok(10000)),
+            ("0.01", Ok(1)),
+            ("0.001", Err(UnitError::OffGrid)),
+            ("100.255", Err(UnitError::OffGrid)),
+            ("0", Err(UnitError::NotPositive)),
+            ("-1", Err(UnitError::NotPositive)),
+            ("79228162514264337593543950335", Err(UnitError::TooLarge)),
+            ("0.0000000000000000000000000001", Err(UnitError::OffGrid)),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(tick.to_units(d(value)), expected, "{value}");
+        }
+        let odd = Unit::new(d("0.25")).expect("unit");
+        assert_eq!(odd.to_units(d("1.5")), Ok(6));
+        assert_eq!(odd.to_units(d("1.6")), Err(UnitError::OffGrid));
+        assert_eq!(odd.to_decimal(6), d("1.5"));
+        let big = Unit::new(d("50")).expect("unit");
+        assert_eq!(big.to_units(d("150")), Ok(3));
+        assert_eq!(big.to_units(d("160")), Err(UnitError::OffGrid));
+        assert_eq!(big.to_decimal(3), d("150"));
+        assert!(Unit::new(d("0")).is_none());
+        assert!(Unit::new(d("-0.1")).is_none());
+    }
+}

@@ -1,0 +1,850 @@
+//! Integration tests of the transport: real TCP on 127.0.0.1 (and a few on the
+//! in-memory network), with short timeouts. Every wait is a condition with a deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use futures::{SinkExt, StreamExt};
+use peer_protocol::{
+    Codec, GoodbyeReason, Hello, HelloAck, Identity, Message, NodeId, PROTOCOL_VERSION,
+    PeerAddress, handshake_transcript,
+};
+use peer_storage::{MemoryPeerStore, PeerStore, Source};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use transport::{
+    Config, Error, Handle, MemoryNetwork, Network, TcpNetwork, Transport, TransportEvent,
+};
+
+const NETWORK: &str = "test-net";
+/// Generous upper bound for things that should take milliseconds.
+const SOON: Duration = Duration::from_secs(5);
+
+fn config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        network_id: NETWORK.to_owned(),
+        handshake_timeout: Duration::from_secs(1),
+        heartbeat_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(400),
+        reconnect_initial: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(500),
+        ..Config::default()
+    }
+}
+
+struct Node {
+    handle: Handle,
+    events: mpsc::Receiver<TransportEvent>,
+    store: Arc<MemoryPeerStore>,
+    identity: Arc<Identity>,
+}
+
+async fn start_with<N: Network>(config: Config, identity: Arc<Identity>, network: N) -> Node {
+    init_logs();
+    let store = Arc::new(MemoryPeerStore::new(1000));
+    let (handle, events) = Transport::start(config, Arc::clone(&identity), network, store.clone())
+        .await
+        .expect("transport starts");
+    Node {
+        handle,
+        events,
+        store,
+        identity,
+    }
+}
+
+async fn start(config: Config) -> Node {
+    start_with(config, Arc::new(Identity::generate()), TcpNetwork).await
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "transport=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `condition` until it holds, failing the test after `deadline`.
+async fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !condition() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Receives events until one matches `pick`, failing after `deadline`.
+async fn next_event<T>(
+    events: &mut mpsc::Receiver<TransportEvent>,
+    deadline: Duration,
+    mut pick: impl FnMut(TransportEvent) -> Option<T>,
+) -> T {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        match tokio::time::timeout_at(end, events.recv()).await {
+            Ok(Some(event)) => {
+                if let Some(found) = pick(event) {
+                    return found;
+                }
+            }
+            Ok(None) => panic!("event channel closed"),
+            Err(_) => panic!("no matching event within {deadline:?}"),
+        }
+    }
+}
+
+fn misbehaviour_at(store: &MemoryPeerStore, addr: SocketAddr) -> u32 {
+    store.get(addr).map_or(0, |record| record.misbehaviour)
+}
+
+/// A hand-driven peer speaking the codec over raw TCP.
+struct RawPeer {
+    framed: Framed<TcpStream, Codec>,
+    local: SocketAddr,
+}
+
+impl RawPeer {
+    async fn connect(addr: SocketAddr) -> RawPeer {
+        let stream = TcpStream::connect(addr).await.expect("raw connect");
+        let local = stream.local_addr().expect("local addr");
+        RawPeer {
+            framed: Framed::new(stream, Codec::default()),
+            local,
+        }
+    }
+
+    fn hello(node_id: NodeId, network_id: &str, listen_port: u16, nonce: [u8; 32]) -> Message {
+        Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            network_id: network_id.to_owned(),
+            market_hash: [0; 32],
+            node_id,
+            listen_port,
+            nonce,
+            agent: "raw-test-peer".to_owned(),
+        })
+    }
+
+    async fn recv(&mut self) -> Option<Message> {
+        match tokio::time::timeout(SOON, self.framed.next()).await {
+            Ok(Some(Ok(message))) => Some(message),
+            Ok(Some(Err(_)) | None) => None,
+            Err(_) => panic!("raw peer: nothing received within {SOON:?}"),
+        }
+    }
+
+    /// Completes an honest handshake as `identity`, claiming `listen_port`.
+    async fn handshake(identity: &Identity, addr: SocketAddr, listen_port: u16) -> RawPeer {
+        let mut raw = RawPeer::connect(addr).await;
+        let nonce = [7u8; 32];
+        raw.framed
+            .send(Self::hello(identity.node_id(), NETWORK, listen_port, nonce))
+            .await
+            .expect("send hello");
+        let Some(Message::Hello(theirs)) = raw.recv().await else {
+            panic!("expected hello")
+        };
+        let transcript = handshake_transcript(NETWORK, &identity.node_id(), &theirs.nonce);
+        let ack = HelloAck {
+            signature: identity.sign(&transcript),
+        };
+        raw.framed
+            .send(Message::HelloAck(ack))
+            .await
+            .expect("send ack");
+        let Some(Message::HelloAck(_)) = raw.recv().await else {
+            panic!("expected hello ack")
+        };
+        raw
+    }
+
+    /// Reads until the transport closes the connection; returns its goodbye, if any.
+    async fn wait_closed(&mut self) -> Option<GoodbyeReason> {
+        let mut goodbye = None;
+        while let Some(message) = self.recv().await {
+            if let Message::Goodbye { reason } = message {
+                goodbye = Some(reason);
+            }
+        }
+        goodbye
+    }
+}
+
+#[tokio::test]
+async fn two_transports_connect_and_exchange_messages() {
+    let mut a = start(config()).await;
+    let mut b = start(config()).await;
+
+    let b_id = a.handle.dial(b.handle.local_addr()).await.expect("dial");
+    assert_eq!(b_id, b.handle.node_id());
+
+    let (peer, listen_addr, inbound) = next_event(&mut b.events, SOON, |e| match e {
+        TransportEvent::Connected {
+            peer,
+            listen_addr,
+            inbound,
+            ..
+        } => Some((peer, listen_addr, inbound)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(peer, a.handle.node_id());
+    assert_eq!(
+        listen_addr,
+        a.handle.local_addr(),
+        "listen addr = connection ip + hello port"
+    );
+    assert!(inbound);
+
+    let peers = vec![PeerAddress {
+        addr: b.handle.local_addr(),
+        node_id: Some(b_id),
+    }];
+    a.handle
+        .send(&b_id, &Message::Peers(peers.clone()))
+        .expect("send");
+    let got = next_event(&mut b.events, SOON, |e| match e {
+        TransportEvent::Message { peer, message } => Some((peer, message)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, (a.handle.node_id(), Message::Peers(peers)));
+
+    b.handle
+        .send(&a.handle.node_id(), &Message::GetPeers)
+        .expect("send back");
+    let got = next_event(&mut a.events, SOON, |e| match e {
+        TransportEvent::Message { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, Message::GetPeers);
+
+    // Heartbeats measure the round trip.
+    wait_until("an rtt measurement", SOON, || {
+        a.handle.peers().first().is_some_and(|p| p.rtt.is_some())
+    })
+    .await;
+    assert!(
+        a.store
+            .get(b.handle.local_addr())
+            .is_some_and(|r| r.successes == 1)
+    );
+
+    // A graceful shutdown says goodbye: the other side learns at once, not by timeout.
+    b.handle.shutdown().await;
+    let reason = next_event(&mut a.events, SOON, |e| match e {
+        TransportEvent::Disconnected { reason, .. } => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("Shutdown"), "reason: {reason}");
+    a.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn five_transports_form_a_mesh_and_broadcast() {
+    let mut nodes = Vec::new();
+    for _ in 0..5 {
+        nodes.push(start(config()).await);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.handle.local_addr()).collect();
+    // Everyone keeps everyone connected: many simultaneous dials.
+    for node in &nodes {
+        for addr in &addrs {
+            node.handle.add_peer_addr(*addr, Source::Bootstrap);
+        }
+    }
+    for node in &nodes {
+        wait_until("a full mesh", SOON, || node.handle.peers().len() == 4).await;
+    }
+
+    for (i, node) in nodes.iter().enumerate() {
+        let sent = node.handle.broadcast(&Message::Ping { nonce: 0 }, None);
+        assert_eq!(sent, 4, "node {i}");
+        let digest = Message::Digest {
+            lamport: i as u64,
+            settled_events: 0,
+            digest: [i as u8; 32],
+        };
+        assert_eq!(node.handle.broadcast(&digest, None), 4);
+    }
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let mut from = Vec::new();
+        while from.len() < 4 {
+            let (peer, lamport) = next_event(&mut node.events, SOON, |e| match e {
+                TransportEvent::Message {
+                    peer,
+                    message: Message::Digest { lamport, .. },
+                } => Some((peer, lamport)),
+                _ => None,
+            })
+            .await;
+            assert_ne!(lamport, i as u64, "no echo of our own broadcast");
+            from.push(peer);
+        }
+        from.sort();
+        from.dedup();
+        assert_eq!(from.len(), 4, "one digest from each other node");
+    }
+    // Self-dials were detected and remembered, never retried.
+    for node in &nodes {
+        assert!(
+            node.handle
+                .known_addrs()
+                .iter()
+                .all(|k| k.addr != node.handle.local_addr())
+        );
+    }
+    for node in &nodes {
+        node.handle.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_peer_is_reconnected_within_a_second() {
+    let mut a = start(config()).await;
+    let b = start(config()).await;
+    let b_addr = b.handle.local_addr();
+    let b_identity = Arc::clone(&b.identity);
+    a.handle.add_peer_addr(b_addr, Source::Bootstrap);
+    wait_until("a connected to b", SOON, || {
+        a.handle.is_connected(&b.handle.node_id())
+    })
+    .await;
+
+    b.handle.shutdown().await;
+    drop(b);
+    next_event(&mut a.events, SOON, |e| {
+        matches!(e, TransportEvent::Disconnected { .. }).then_some(())
+    })
+    .await;
+
+    // Same identity, same port: "the same peer, restarted".
+    let b = start_with(
+        Config {
+            listen: b_addr,
+            ..config()
+        },
+        b_identity,
+        TcpNetwork,
+    )
+    .await;
+    let back = Instant::now();
+    next_event(&mut a.events, Duration::from_secs(2), |e| match e {
+        TransportEvent::Connected { peer, .. } => (peer == b.handle.node_id()).then_some(()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        back.elapsed() < Duration::from_millis(1200),
+        "reconnected after {:?}",
+        back.elapsed()
+    );
+    a.handle.shutdown().await;
+    b.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_within_the_idle_timeout() {
+    let mut a = start(config()).await;
+    let silent = Identity::generate();
+    let mut raw = RawPeer::handshake(&silent, a.handle.local_addr(), 1).await;
+    next_event(&mut a.events, SOON, |e| {
+        matches!(e, TransportEvent::Connected { .. }).then_some(())
+    })
+    .await;
+
+    // The raw peer never answers a Ping.
+    let silent_since = Instant::now();
+    let reason = next_event(&mut a.events, SOON, |e| match e {
+        TransportEvent::Disconnected { peer, reason } => {
+            (peer == silent.node_id()).then_some(reason)
+        }
+        _ => None,
+    })
+    .await;
+    let idle = config().idle_timeout;
+    assert!(reason.contains("idle"), "reason: {reason}");
+    assert!(
+        silent_since.elapsed() < idle + Duration::from_millis(300),
+        "dropped after {:?}",
+        silent_since.elapsed()
+    );
+    assert_eq!(
+        raw.wait_closed().await,
+        None,
+        "an idle close sends no goodbye"
+    );
+
+    // A connection that never says Hello is closed at the handshake timeout.
+    let mut mute = TcpStream::connect(a.handle.local_addr())
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let mut buf = vec![0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(SOON, mute.read(&mut buf))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+    }
+    assert!(started.elapsed() < config().handshake_timeout + Duration::from_millis(500));
+    a.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_network_id_is_refused() {
+    let a = start(config()).await;
+    let b = start(Config {
+        network_id: "other-net".to_owned(),
+        ..config()
+    })
+    .await;
+    let result = a.handle.dial(b.handle.local_addr()).await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::NetworkMismatch { .. }
+                | Error::Refused {
+                    reason: GoodbyeReason::NetworkMismatch
+                })
+        ),
+        "{result:?}"
+    );
+    assert!(result.is_err_and(|e| !e.is_transient()));
+    wait_until("no peers", SOON, || {
+        a.handle.peers().is_empty() && b.handle.peers().is_empty()
+    })
+    .await;
+
+    // A raw peer of another network gets a clear Goodbye.
+    let mut raw = RawPeer::connect(a.handle.local_addr()).await;
+    raw.framed
+        .send(RawPeer::hello(
+            Identity::generate().node_id(),
+            "other-net",
+            1,
+            [1; 32],
+        ))
+        .await
+        .expect("send");
+    assert_eq!(
+        raw.wait_closed().await,
+        Some(GoodbyeReason::NetworkMismatch)
+    );
+    a.handle.shutdown().await;
+    b.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_forged_identity_is_refused_and_recorded() {
+    let a = start(config()).await;
+    let victim = Identity::generate();
+    let forger = Identity::generate();
+    let claimed_listen_port = 4444;
+
+    let mut raw = RawPeer::connect(a.handle.local_addr()).await;
+    raw.framed
+        .send(RawPeer::hello(
+            victim.node_id(),
+            NETWORK,
+            claimed_listen_port,
+            [9; 32],
+        ))
+        .await
+        .expect("send");
+    let Some(Message::Hello(theirs)) = raw.recv().await else {
+        panic!("expected hello")
+    };
+    // Signed with the forger's key, not the victim's.
+    let transcript = handshake_transcript(NETWORK, &victim.node_id(), &theirs.nonce);
+    raw.framed
+        .send(Message::HelloAck(HelloAck {
+            signature: forger.sign(&transcript),
+        }))
+        .await
+        .expect("send");
+    assert_eq!(raw.wait_closed().await, Some(GoodbyeReason::Misbehaviour));
+
+    assert!(a.handle.peers().is_empty());
+    let listen_addr = SocketAddr::new(raw.local.ip(), claimed_listen_port);
+    wait_until("misbehaviour recorded", SOON, || {
+        misbehaviour_at(&a.store, listen_addr) == 1
+    })
+    .await;
+    a.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversize_and_garbage_frames_are_refused_and_recorded() {
+    let mut a = start(Config {
+        max_frame_len: 64 * 1024,
+        ..config()
+    })
+    .await;
+    let local = a.handle.local_addr();
+
+    // Garbage before any handshake: blamed on the connection's address.
+    let mut garbage = TcpStream::connect(local).await.expect("connect");
+    let garbage_addr = garbage.local_addr().expect("local addr");
+    garbage
+        .write_all(&[0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .expect("write");
+    wait_until("garbage recorded", SOON, || {
+        misbehaviour_at(&a.store, garbage_addr) == 1
+    })
+    .await;
+
+    // An oversize frame after an honest handshake: blamed on the peer's listen address.
+    let big = Identity::generate();
+    let mut raw = RawPeer::handshake(&big, local, 5001).await;
+    let mut frame = BytesMut::new();
+    // Only the prefix: the transport must refuse before any payload arrives.
+    frame.put_u32(10 * 1024 * 1024);
+    raw.framed.get_mut().write_all(&frame).await.expect("write");
+    assert_eq!(raw.wait_closed().await, Some(GoodbyeReason::Misbehaviour));
+    let big_listen = SocketAddr::new(raw.local.ip(), 5001);
+    wait_until("oversize recorded", SOON, || {
+        misbehaviour_at(&a.store, big_listen) == 1
+    })
+    .await;
+
+    // An undecodable payload in a well-formed frame, after a handshake.
+    let bad = Identity::generate();
+    let mut raw = RawPeer::handshake(&bad, local, 5002).await;
+    raw.framed
+        .get_mut()
+        .write_all(&[0, 0, 0, 3, 5, 0xff, 0xff])
+        .await
+        .expect("write");
+    assert_eq!(raw.wait_closed().await, Some(GoodbyeReason::Misbehaviour));
+    let bad_listen = SocketAddr::new(raw.local.ip(), 5002);
+    wait_until("garbage recorded", SOON, || {
+        misbehaviour_at(&a.store, bad_listen) == 1
+    })
+    .await;
+
+    // An unknown message type from a newer peer is ignored, not misbehaviour.
+    let newer = Identity::generate();
+    let mut raw = RawPeer::handshake(&newer, local, 5003).await;
+    raw.framed
+        .get_mut()
+        .write_all(&[0, 0, 0, 2, 0x7f, 0])
+        .await
+        .expect("write");
+    raw.framed.send(Message::GetPeers).await.expect("send");
+    let got = next_event(&mut a.events, SOON, |e| match e {
+        TransportEvent::Message { peer, message } => (peer == newer.node_id()).then_some(message),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, Message::GetPeers);
+    assert!(a.handle.is_connected(&newer.node_id()));
+
+    // Repeated misbehaviour bans: a banned address is refused.
+    for _ in 0..3 {
+        a.store.record_misbehaviour(big_listen, transport_now());
+    }
+    let mut raw = RawPeer::connect(local).await;
+    raw.framed
+        .send(RawPeer::hello(big.node_id(), NETWORK, 5001, [3; 32]))
+        .await
+        .expect("send");
+    assert!(matches!(
+        raw.wait_closed().await,
+        Some(GoodbyeReason::Other(_))
+    ));
+
+    // Still serving honest peers.
+    let b = start(config()).await;
+    b.handle
+        .dial(local)
+        .await
+        .expect("honest dial after all that");
+    a.handle.shutdown().await;
+    b.handle.shutdown().await;
+}
+
+fn transport_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[tokio::test]
+async fn simultaneous_dials_resolve_to_exactly_one_connection() {
+    for round in 0..5 {
+        let a = start(config()).await;
+        let b = start(config()).await;
+        let (ra, rb) = tokio::join!(
+            a.handle.dial(b.handle.local_addr()),
+            b.handle.dial(a.handle.local_addr())
+        );
+        assert_eq!(ra.expect("a dials b"), b.handle.node_id());
+        assert_eq!(rb.expect("b dials a"), a.handle.node_id());
+
+        let lower_dialed = |h: &Handle, other: &Handle| {
+            let peers = h.peers();
+            // The surviving connection was dialled by the lower node id.
+            peers.len() == 1 && peers[0].inbound == (other.node_id() < h.node_id())
+        };
+        wait_until("one connection, the same on both sides", SOON, || {
+            lower_dialed(&a.handle, &b.handle) && lower_dialed(&b.handle, &a.handle)
+        })
+        .await;
+        // The pair stays connected (heartbeats keep flowing over the survivor).
+        let rtt_seen = |h: &Handle| h.peers().first().is_some_and(|p| p.rtt.is_some());
+        wait_until("heartbeats on the survivor", SOON, || {
+            rtt_seen(&a.handle) && rtt_seen(&b.handle)
+        })
+        .await;
+        assert!(
+            lower_dialed(&a.handle, &b.handle) && lower_dialed(&b.handle, &a.handle),
+            "round {round}"
+        );
+        a.handle.shutdown().await;
+        b.handle.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn max_peers_is_respected() {
+    let a = start(Config {
+        max_peers: 2,
+        ..config()
+    })
+    .await;
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(start(config()).await);
+    }
+    let mut refused = 0;
+    for other in &others {
+        match other.handle.dial(a.handle.local_addr()).await {
+            Ok(_) => {}
+            Err(Error::Refused {
+                reason: GoodbyeReason::TooManyPeers,
+            }) => refused += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(refused, 2);
+    assert_eq!(a.handle.peers().len(), 2);
+    // Dialling out is capped too.
+    assert!(matches!(
+        a.handle.dial(others[3].handle.local_addr()).await,
+        Err(Error::TooManyPeers)
+    ));
+    a.handle.shutdown().await;
+    for other in &others {
+        other.handle.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_peer_that_does_not_read_is_disconnected_when_its_queue_fills() {
+    let mut a = start(Config {
+        outbound_queue: 8,
+        ..config()
+    })
+    .await;
+    let lazy = Identity::generate();
+    let _raw = RawPeer::handshake(&lazy, a.handle.local_addr(), 1).await;
+    next_event(&mut a.events, SOON, |e| {
+        matches!(e, TransportEvent::Connected { .. }).then_some(())
+    })
+    .await;
+
+    // Nothing else runs on this thread while we send, so the queue fills.
+    let message = Message::GetPeers;
+    let mut result = Ok(());
+    for _ in 0..100 {
+        result = a.handle.send(&lazy.node_id(), &message);
+        if result.is_err() {
+            break;
+        }
+    }
+    assert!(
+        matches!(result, Err(Error::QueueFull(peer)) if peer == lazy.node_id()),
+        "{result:?}"
+    );
+    let reason = next_event(&mut a.events, SOON, |e| match e {
+        TransportEvent::Disconnected { reason, .. } => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("queue full"), "reason: {reason}");
+    a.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn memory_network_cut_link_drops_then_reconnects() {
+    let network = MemoryNetwork::new();
+    let mem = |ip: &str| Config {
+        listen: format!("{ip}:0").parse().expect("address"),
+        ..config()
+    };
+    let mut a = start_with(
+        mem("10.0.0.1"),
+        Arc::new(Identity::generate()),
+        network.clone(),
+    )
+    .await;
+    let mut b = start_with(
+        mem("10.0.0.2"),
+        Arc::new(Identity::generate()),
+        network.clone(),
+    )
+    .await;
+    let (a_addr, b_addr) = (a.handle.local_addr(), b.handle.local_addr());
+    a.handle.add_peer_addr(b_addr, Source::Manual);
+    wait_until("connected", SOON, || {
+        a.handle.peers().len() == 1 && b.handle.peers().len() == 1
+    })
+    .await;
+    next_event(&mut b.events, SOON, |e| {
+        matches!(e, TransportEvent::Connected { .. }).then_some(())
+    })
+    .await;
+
+    network.set_blocked(a_addr, b_addr, true);
+    let cut = Instant::now();
+    for events in [&mut a.events, &mut b.events] {
+        let reason = next_event(events, SOON, |e| match e {
+            TransportEvent::Disconnected { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .await;
+        assert!(reason.contains("idle"), "reason: {reason}");
+    }
+    assert!(cut.elapsed() < config().idle_timeout + Duration::from_millis(300));
+
+    network.set_blocked(a_addr, b_addr, false);
+    wait_until("reconnected after the heal", SOON, || {
+        a.handle.peers().len() == 1 && b.handle.peers().len() == 1
+    })
+    .await;
+    a.handle.shutdown().await;
+    b.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn memory_network_caps_inbound_connections_per_ip() {
+    let network = MemoryNetwork::new();
+    let mem = |ip: &str| Config {
+        listen: format!("{ip}:0").parse().expect("address"),
+        ..config()
+    };
+    let a = start_with(
+        Config {
+            max_inbound_per_ip: 1,
+            ..mem("10.0.0.1")
+        },
+        Arc::new(Identity::generate()),
+        network.clone(),
+    )
+    .await;
+    let same_ip_1 = start_with(
+        mem("10.0.0.2"),
+        Arc::new(Identity::generate()),
+        network.clone(),
+    )
+    .await;
+    let same_ip_2 = start_with(
+        mem("10.0.0.2"),
+        Arc::new(Identity::generate()),
+        network.clone(),
+    )
+    .await;
+    let other_ip = start_with(
+        mem("10.0.0.3"),
+        Arc::new(Identity::generate()),
+        network.clone(),
+    )
+    .await;
+
+    same_ip_1
+        .handle
+        .dial(a.handle.local_addr())
+        .await
+        .expect("first from 10.0.0.2");
+    let second = same_ip_2.handle.dial(a.handle.local_addr()).await;
+    assert!(
+        matches!(
+            second,
+            Err(Error::Refused {
+                reason: GoodbyeReason::TooManyPeers
+            })
+        ),
+        "{second:?}"
+    );
+    other_ip
+        .handle
+        .dial(a.handle.local_addr())
+        .await
+        .expect("first from 10.0.0.3");
+    assert_eq!(a.handle.peers().len(), 2);
+    for node in [&a, &same_ip_1, &same_ip_2, &other_ip] {
+        node.handle.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn dialling_ourselves_is_detected_and_never_retried() {
+    let a = start(config()).await;
+    let own = a.handle.local_addr();
+    let result = a.handle.dial(own).await;
+    assert!(
+        matches!(result, Err(Error::SelfConnection { .. })),
+        "{result:?}"
+    );
+    a.handle.add_peer_addr(own, Source::Exchange);
+    assert!(a.handle.known_addrs().is_empty());
+    assert!(a.handle.peers().is_empty());
+    a.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_address_opens_its_circuit_breaker() {
+    // A port nothing listens on: bind, note the port, close.
+    let dead = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let a = start(Config {
+        breaker_threshold: 3,
+        reconnect_initial: Duration::from_millis(10),
+        reconnect_max: Duration::from_secs(60),
+        ..config()
+    })
+    .await;
+    a.handle.add_peer_addr(dead, Source::Mdns);
+    wait_until("breaker open", SOON, || {
+        a.handle
+            .known_addrs()
+            .iter()
+            .any(|k| matches!(k.breaker, transport::BreakerState::Open { .. }))
+    })
+    .await;
+    assert_eq!(a.handle.known_addrs()[0].failures, 3, "no dial while open");
+    assert_eq!(a.store.get(dead).map(|r| r.failures), Some(3));
+    a.handle.shutdown().await;
+}
