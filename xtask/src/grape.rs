@@ -64,8 +64,14 @@ pub(crate) fn ensure_installed(sh: &Shell) -> Result<PathBuf> {
 fn is_installed(dir: &Path) -> bool {
     let modules = dir.join("node_modules");
     modules.join(".bin").join("grape").exists()
-        && modules.join("grenache-nodejs-link").join("package.json").exists()
-        && modules.join("grenache-nodejs-http").join("package.json").exists()
+        && modules
+            .join("grenache-nodejs-link")
+            .join("package.json")
+            .exists()
+        && modules
+            .join("grenache-nodejs-http")
+            .join("package.json")
+            .exists()
 }
 
 /// Two Grape processes bootstrapped off each other on loopback. Dropping it kills them.
@@ -79,10 +85,20 @@ impl Grapes {
     /// `grape --dp <dht.0> --aph <api.0> --bn 127.0.0.1:<dht.1>` and
     /// `grape --dp <dht.1> --aph <api.1> --bn 127.0.0.1:<dht.0>`, each bound to 127.0.0.1 and
     /// with an explicit `--dpa`, and waits until both APIs answer.
-    pub(crate) fn start(dir: &Path, dht_ports: (u16, u16), api_ports: (u16, u16)) -> Result<Grapes> {
+    pub(crate) fn start(
+        dir: &Path,
+        dht_ports: (u16, u16),
+        api_ports: (u16, u16),
+    ) -> Result<Grapes> {
         let grape = dir.join("node_modules").join(".bin").join("grape");
         if !grape.exists() {
             bail!("{} is missing: run ensure_installed first", grape.display());
+        }
+        // A Grape left running on these ports would answer in place of ours.
+        for port in [api_ports.0, api_ports.1] {
+            if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() {
+                bail!("port 127.0.0.1:{port} is in use: is a grape already running?");
+            }
         }
         let mut grapes = Grapes {
             children: Vec::with_capacity(2),
@@ -111,14 +127,6 @@ impl Grapes {
         Ok(grapes)
     }
 
-    /// The base URLs of the two Grapes' HTTP APIs.
-    pub(crate) fn urls(&self) -> [String; 2] {
-        [
-            format!("http://127.0.0.1:{}", self.api_ports.0),
-            format!("http://127.0.0.1:{}", self.api_ports.1),
-        ]
-    }
-
     fn wait_until_answering(&mut self, dir: &Path) -> Result<()> {
         let deadline = Instant::now() + START_DEADLINE;
         for port in [self.api_ports.0, self.api_ports.1] {
@@ -135,7 +143,9 @@ impl Grapes {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!("the grape API on 127.0.0.1:{port} did not answer within {START_DEADLINE:?}");
+                    bail!(
+                        "the grape API on 127.0.0.1:{port} did not answer within {START_DEADLINE:?}"
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -6,6 +6,7 @@
 mod cluster;
 mod coverage;
 mod docs;
+mod fuzz;
 mod grape;
 mod process;
 mod test;
@@ -29,6 +30,12 @@ enum Command {
     Cluster(cluster::Args),
     /// Line coverage per crate with cargo-llvm-cov (installed when missing).
     Coverage,
+    /// Run every cargo-fuzz target for a bounded time (nightly; installs cargo-fuzz when missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Build the API documentation of every crate (lands in target/doc).
     Docs {
         /// Open the documentation in a browser afterwards.
@@ -44,6 +51,7 @@ fn main() -> Result<()> {
         Command::Cluster(args) => cluster::run(args),
         Command::Coverage => coverage::run(),
         Command::Docs { open } => docs::run(open),
+        Command::Fuzz { seconds } => fuzz::run(seconds),
     }
 }
 

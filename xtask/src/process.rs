@@ -49,14 +49,6 @@ impl ChildGuard {
         self.signal("TERM");
     }
 
-    /// Sends SIGKILL at once (a crash, for fault tests).
-    pub(crate) fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
     /// Waits up to `grace` for the child to exit, then kills it. Returns its exit status.
     pub(crate) fn wait_or_kill(&mut self, grace: Duration) -> Option<ExitStatus> {
         let mut child = self.child.take()?;

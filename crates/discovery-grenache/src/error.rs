@@ -71,8 +71,7 @@ impl Error {
                 | Error::ServiceNotFound(_)
                 | Error::RpcTransport { .. }
                 | Error::Timeout
-                | Error::HttpStatus { .. }
-        )
+        ) || matches!(self, Error::HttpStatus { status, .. } if *status >= 500 || *status == 408 || *status == 429)
     }
 }
 

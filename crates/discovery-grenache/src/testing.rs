@@ -1,7 +1,7 @@
 //! Test support (feature `testing`): real Grape servers for integration tests.
 //!
 //! [`Grapes`] starts two Grapes from the npm install that `cargo xtask test` makes in
-//! `<workspace>/.tools/grenache` (or the folder named by `P2P_EXCHANGE_GRENACHE_DIR`), on free
+//! `<workspace>/.tools/grenache` (or the folder [`grenache_dir`] names), on free
 //! loopback ports, and kills them when dropped. [`skip`] implements the project's skip rule: a
 //! test whose prerequisites are missing prints `SKIPPED: <reason>` and returns, unless
 //! `P2P_EXCHANGE_REQUIRE_ALL=1`, where it fails instead.
@@ -31,10 +31,18 @@ pub fn skip(reason: &str) {
     eprintln!("SKIPPED: {reason}");
 }
 
-/// The grenache npm install: `$P2P_EXCHANGE_GRENACHE_DIR` or `<workspace>/.tools/grenache`.
+/// The grenache npm install: `$P2P_EXCHANGE_GRENACHE_DIR`, else the parent of
+/// `$GRENACHE_NODE_MODULES` (as `cargo xtask test` sets it), else
+/// `<workspace>/.tools/grenache`.
 pub fn grenache_dir() -> PathBuf {
-    match std::env::var_os("P2P_EXCHANGE_GRENACHE_DIR") {
-        Some(dir) => PathBuf::from(dir),
+    if let Some(dir) = std::env::var_os("P2P_EXCHANGE_GRENACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let from_modules = std::env::var_os("GRENACHE_NODE_MODULES")
+        .map(PathBuf::from)
+        .and_then(|m| m.parent().map(Path::to_path_buf));
+    match from_modules {
+        Some(dir) => dir,
         None => Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join("..")

@@ -333,3 +333,53 @@ async fn the_rpc_server_answers_bad_input_with_errors_not_panics() {
     shutdown.cancel();
     server.join().await.unwrap();
 }
+
+#[tokio::test]
+async fn our_rpc_client_calls_an_unmodified_nodejs_peer_rpc_server_through_grape() {
+    let Some(grapes) = grapes_or_skip() else {
+        return;
+    };
+    let service = "p2p-exchange-rpc/node-server";
+    let port = testing::free_tcp_port().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/server.js");
+    let mut server = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(grapes.url(0))
+        .arg(service)
+        .arg(port.to_string())
+        .env("NODE_PATH", testing::grenache_dir().join("node_modules"))
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // The Node.js server announces through Grape 0; we look it up through Grape 1.
+    let client = RpcClient::new(GrapeClient::new(&grapes.url(1)).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        match client
+            .request(service, json!({"action": "ping"}), Duration::from_secs(5))
+            .await
+        {
+            Ok(reply) => break reply,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                assert!(
+                    server.try_wait().unwrap().is_none(),
+                    "the node server exited"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("calling the node server failed: {e}"),
+        }
+    };
+    assert_eq!(
+        reply,
+        json!({"from": "node", "key": service, "payload": {"action": "ping"}})
+    );
+    let err = client
+        .request(service, json!({"action": "fail"}), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::Remote(m) if m == "nope"), "{err:?}");
+    server.kill().await.unwrap();
+}

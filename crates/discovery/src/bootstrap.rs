@@ -77,7 +77,12 @@ impl Bootstrap {
             let addrs: Vec<SocketAddr> = match entry.parse::<SocketAddr>() {
                 Ok(addr) => vec![addr],
                 Err(_) => {
-                    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(entry.as_str())).await {
+                    match tokio::time::timeout(
+                        RESOLVE_TIMEOUT,
+                        tokio::net::lookup_host(entry.as_str()),
+                    )
+                    .await
+                    {
                         Ok(Ok(addrs)) => addrs.take(MAX_ADDRS_PER_HOST).collect(),
                         Ok(Err(error)) => {
                             tracing::warn!(%entry, %error, "cannot resolve bootstrap peer");
@@ -119,18 +124,19 @@ fn validate(entry: &str) -> Result<()> {
         Ok(_) => {}
         Err(_) => return bad("the port is not a number from 1 to 65535"),
     }
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if host.contains(':') && bracketed.is_none() {
+        return bad("an IPv6 address must be written as [addr]:port");
+    }
+    let host = bracketed.unwrap_or(host);
     if host.is_empty() {
         return bad("empty host");
     }
     if host.len() > 253 {
         return bad("host name too long");
     }
-    if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
-        return bad("an IPv6 address must be written as [addr]:port");
+    if bracketed.is_some() && host.parse::<std::net::Ipv6Addr>().is_err() {
+        return bad("not an IPv6 address between brackets");
     }
     if host.parse::<std::net::IpAddr>().is_err()
         && !host
@@ -139,10 +145,10 @@ fn validate(entry: &str) -> Result<()> {
     {
         return bad("not a host name");
     }
-    if let Ok(addr) = entry.parse::<SocketAddr>() {
-        if !is_dialable(addr) {
-            return bad("not a dialable address (unspecified, multicast or broadcast)");
-        }
+    if let Ok(addr) = entry.parse::<SocketAddr>()
+        && !is_dialable(addr)
+    {
+        return bad("not a dialable address (unspecified, multicast or broadcast)");
     }
     Ok(())
 }
@@ -166,7 +172,9 @@ impl Discovery for Bootstrap {
                     () = shutdown.cancelled() => return Ok(()),
                     c = self.resolve() => c,
                 };
-                if !send_all(&sink, candidates, &shutdown).await || !pause(self.interval, &shutdown).await {
+                if !send_all(&sink, candidates, &shutdown).await
+                    || !pause(self.interval, &shutdown).await
+                {
                     return Ok(());
                 }
             }
@@ -180,8 +188,13 @@ mod tests {
 
     #[test]
     fn parses_and_validates_entries() {
-        let ok = Bootstrap::parse(" 127.0.0.1:3000, ,seed.example.com:3001,[::1]:3002,127.0.0.1:3000").unwrap();
-        assert_eq!(ok.entries(), ["127.0.0.1:3000", "seed.example.com:3001", "[::1]:3002"]);
+        let ok =
+            Bootstrap::parse(" 127.0.0.1:3000, ,seed.example.com:3001,[::1]:3002,127.0.0.1:3000")
+                .unwrap();
+        assert_eq!(
+            ok.entries(),
+            ["127.0.0.1:3000", "seed.example.com:3001", "[::1]:3002"]
+        );
         assert!(Bootstrap::parse("").unwrap().is_empty());
         for bad in [
             "127.0.0.1",
@@ -196,7 +209,10 @@ mod tests {
             "a/b:3000",
         ] {
             assert!(
-                matches!(Bootstrap::parse(bad), Err(Error::InvalidBootstrapPeer { .. })),
+                matches!(
+                    Bootstrap::parse(bad),
+                    Err(Error::InvalidBootstrapPeer { .. })
+                ),
                 "{bad} was accepted"
             );
         }

@@ -19,6 +19,20 @@ pub fn p2p_service_name(network_id: &str) -> String {
     format!("p2p-exchange/{network_id}")
 }
 
+/// The service name of the Grenache RPC endpoints of `network_id` (hybrid mode):
+/// `p2p-exchange-rpc/<network_id>`. Every node with Grenache enabled announces its RPC port
+/// under it; Node.js clients look it up with `PeerRPCClient`.
+pub fn rpc_service_name(network_id: &str) -> String {
+    format!("p2p-exchange-rpc/{network_id}")
+}
+
+/// The service name of one member's RPC endpoint: `p2p-exchange-rpc/<network_id>/<node_id>`.
+/// A node announces its RPC port under this name too, so that a peer that cannot reach it over
+/// TCP can deliver events to exactly that member through the Grenache RPC fallback.
+pub fn rpc_member_service_name(network_id: &str, node_id: &peer_protocol::NodeId) -> String {
+    format!("p2p-exchange-rpc/{network_id}/{node_id}")
+}
+
 /// Settings of the [`Grenache`] strategy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrenacheConfig {

@@ -16,6 +16,9 @@
 //! - [`Grenache`]: announces the P2P port on a Grape under `p2p-exchange/<NETWORK_ID>` and looks
 //!   it up periodically; real with the `grenache` feature, a stub that returns
 //!   [`Error::GrenacheNotCompiledIn`] without ([`grenache_available`] tells which).
+//!   [`rpc_service_name`] and [`rpc_member_service_name`] name the Grenache RPC endpoints of the
+//!   hybrid mode; the client and server themselves are in the `discovery-grenache` crate
+//!   (re-exported as `discovery::discovery_grenache` with the feature).
 //! - [`Fixed`]: a fixed list, for tests and manual peers.
 //!
 //! Peer exchange is not a task but helpers the node calls when a `Peers` message arrives
@@ -62,8 +65,11 @@ pub mod pex;
 pub use bootstrap::Bootstrap;
 pub use error::{Error, Result};
 pub use fixed::Fixed;
-pub use grenache::{Grenache, GrenacheConfig, grenache_available, p2p_service_name};
-pub use mdns::{Mdns, MdnsConfig, SERVICE_TYPE};
+pub use grenache::{
+    Grenache, GrenacheConfig, grenache_available, p2p_service_name, rpc_member_service_name,
+    rpc_service_name,
+};
+pub use mdns::{ALL_INTERFACES, Mdns, MdnsConfig, SERVICE_TYPE, TXT_NETWORK_ID, TXT_NODE_ID};
 pub use persisted::Persisted;
 
 /// The Grenache client crate, for the RPC fallback (only with the `grenache` feature).

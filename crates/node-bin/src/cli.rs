@@ -8,8 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// A peer-to-peer exchange node, and a client for a node's HTTP API.
 ///
 /// Without a subcommand, runs a node (the same as `p2p-exchange node`).
-/// Node settings layer as: defaults < config file (--config) < environment <
-/// flags. Every flag below names its environment variable.
+/// Node settings layer as: defaults < config file (--config) < environment
+/// (a .env file, then the real environment) < flags. Every flag below names
+/// its environment variable; .env.example lists them all.
 #[derive(Debug, Parser)]
 #[command(name = "p2p-exchange", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -164,7 +165,10 @@ impl OrderArgs {
             ["@", price] => Ok(Some((*price).to_owned())),
             [price] if price.starts_with('@') && price.len() > 1 => Ok(Some(price[1..].to_owned())),
             [price] if *price != "@" => Ok(Some((*price).to_owned())),
-            _ => anyhow::bail!("expected `@ PRICE` after the quantity, got {:?}", parts.join(" ")),
+            _ => anyhow::bail!(
+                "expected `@ PRICE` after the quantity, got {:?}",
+                parts.join(" ")
+            ),
         }
     }
 }
@@ -175,6 +179,9 @@ pub struct NodeArgs {
     /// TOML config file (keys are the lowercase variable names, e.g. p2p_port = 3001)
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Environment file read before the environment, which wins over it [default: .env if present]
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
     /// Network to join or found [env: NETWORK_ID] [default: p2p-exchange-local]
     #[arg(long, value_name = "ID")]
     pub network_id: Option<String>,
@@ -258,7 +265,10 @@ impl NodeArgs {
             ("api_port", text(&self.api_port)),
             ("bootstrap_peers", text(&self.bootstrap_peers)),
             ("max_peers", text(&self.max_peers)),
-            ("peer_reconnect_interval", text(&self.peer_reconnect_interval)),
+            (
+                "peer_reconnect_interval",
+                text(&self.peer_reconnect_interval),
+            ),
             ("peer_storage_path", path(&self.peer_storage_path)),
             ("discovery_mdns", text(&self.discovery_mdns)),
             ("mdns_interfaces", text(&self.mdns_interfaces)),
@@ -291,7 +301,11 @@ mod tests {
 
     #[test]
     fn every_setting_has_a_flag() {
-        let keys: Vec<&str> = NodeArgs::default().overrides().iter().map(|(k, _)| *k).collect();
+        let keys: Vec<&str> = NodeArgs::default()
+            .overrides()
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
         let expected: Vec<String> = ENV_VARS.iter().map(|v| v.to_lowercase()).collect();
         assert_eq!(keys, expected);
     }
@@ -308,7 +322,12 @@ mod tests {
 
     #[test]
     fn flags_override_the_environment() {
-        let cli = parse(&["node", "--bootstrap-peers", "a:1,b:2", "--discovery-grenache=0"]);
+        let cli = parse(&[
+            "node",
+            "--bootstrap-peers",
+            "a:1,b:2",
+            "--discovery-grenache=0",
+        ]);
         let Some(Command::Node(args)) = cli.command else {
             panic!("not node")
         };
@@ -346,8 +365,18 @@ mod tests {
     #[test]
     fn order_options_parse() {
         let cli = parse(&[
-            "order", "sell", "ETH-USD", "2", "@", "10", "--tif", "post_only", "--client-order-id",
-            "abc", "--api", "http://127.0.0.1:9",
+            "order",
+            "sell",
+            "ETH-USD",
+            "2",
+            "@",
+            "10",
+            "--tif",
+            "post_only",
+            "--client-order-id",
+            "abc",
+            "--api",
+            "http://127.0.0.1:9",
         ]);
         let Some(Command::Order(order)) = cli.command else {
             panic!("not order")

@@ -31,7 +31,12 @@ pub struct ApiError {
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.code {
-            Some(code) => write!(f, "{} ({code}, HTTP {})", self.message, self.status.as_u16()),
+            Some(code) => write!(
+                f,
+                "{} ({code}, HTTP {})",
+                self.message,
+                self.status.as_u16()
+            ),
             None => write!(f, "{} (HTTP {})", self.message, self.status.as_u16()),
         }
     }
@@ -128,7 +133,10 @@ fn api_error(status: StatusCode, body: &[u8]) -> ApiError {
         .unwrap_or_else(|| {
             let text = String::from_utf8_lossy(body).trim().to_owned();
             if text.is_empty() {
-                status.canonical_reason().unwrap_or("request failed").to_owned()
+                status
+                    .canonical_reason()
+                    .unwrap_or("request failed")
+                    .to_owned()
             } else {
                 text
             }
@@ -197,7 +205,10 @@ pub async fn run(command: &Command) -> anyhow::Result<String> {
             let answer = Client::new(&api.api)?
                 .call(Method::GET, &["v1", "markets"], &[], None)
                 .await?;
-            Ok(render_list(&answer, &["name", "market", "tick_size", "lot_size"]))
+            Ok(render_list(
+                &answer,
+                &["name", "market", "tick_size", "lot_size"],
+            ))
         }
         Command::Status { api } => {
             let answer = Client::new(&api.api)?
@@ -209,7 +220,10 @@ pub async fn run(command: &Command) -> anyhow::Result<String> {
             let answer = Client::new(&api.api)?
                 .call(Method::GET, &["v1", "peers"], &[], None)
                 .await?;
-            Ok(render_list(&answer, &["node_id", "addr", "address", "direction", "score"]))
+            Ok(render_list(
+                &answer,
+                &["node_id", "addr", "address", "direction", "score"],
+            ))
         }
     }
 }
@@ -321,7 +335,10 @@ pub fn render_list(value: &Value, preferred: &[&str]) -> String {
     }
     let mut table = Table::new(columns.iter().map(|c| c.to_uppercase()));
     for (index, column) in columns.iter().enumerate() {
-        if matches!(column.as_str(), "price" | "quantity" | "tick_size" | "lot_size" | "score") {
+        if matches!(
+            column.as_str(),
+            "price" | "quantity" | "tick_size" | "lot_size" | "score"
+        ) {
             table = table.align(index, Align::Right);
         }
     }
@@ -393,7 +410,13 @@ mod tests {
     #[test]
     fn a_limit_order_body_matches_the_api() {
         let body = order_body(&order(&[
-            "buy", "BTC-USD", "2", "@", "100.50", "--client-order-id", "c1",
+            "buy",
+            "BTC-USD",
+            "2",
+            "@",
+            "100.50",
+            "--client-order-id",
+            "c1",
         ]))
         .unwrap();
         assert_eq!(

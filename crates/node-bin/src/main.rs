@@ -3,7 +3,9 @@
 //! `p2p-exchange node` (the default when no subcommand is given) runs a node
 //! of the `node` library. Its settings layer as defaults < TOML config file
 //! (`--config`) < environment (`P2P_PORT`, `BOOTSTRAP_PEERS`, `MARKETS`, ...,
-//! all listed in `.env.example` and `--help`) < command-line flags. At start
+//! all listed in `.env.example` and `--help`; a `.env` file in the current
+//! directory is read first, and the real environment wins over it) <
+//! command-line flags. At start
 //! it prints the node id, the P2P address and the API URL; it logs with
 //! `tracing` (`RUST_LOG`, `LOG_FORMAT=json`) to stderr and shuts down
 //! gracefully on SIGINT or SIGTERM.

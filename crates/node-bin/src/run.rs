@@ -7,11 +7,12 @@ use anyhow::{Context, anyhow};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::NodeArgs;
-use crate::settings::{ENV_VARS, LogFormat, Settings};
+use crate::settings::{ENV_VARS, LogFormat, Settings, merge_env, parse_dotenv};
 
 /// Runs a node with the layered settings until a signal stops it.
 pub async fn node(args: &NodeArgs) -> anyhow::Result<()> {
-    let settings = Settings::load(args.config.as_deref(), process_env()?, &args.overrides())?;
+    let env = merge_env(dotenv(args)?, process_env()?);
+    let settings = Settings::load(args.config.as_deref(), env, &args.overrides())?;
     init_logging(&settings)?;
     let config = settings.to_node_config();
     if config.discovery_grenache && !cfg!(feature = "grenache") {
@@ -20,7 +21,14 @@ pub async fn node(args: &NodeArgs) -> anyhow::Result<()> {
              (build with the `grenache` feature); continuing without Grenache discovery"
         );
     }
-    tracing::debug!(?config, "starting node");
+    tracing::info!(
+        network_id = %config.network_id,
+        data_dir = %config.resolved_data_dir().display(),
+        p2p_port = config.p2p_port,
+        api_port = config.resolved_api_port(),
+        "starting node"
+    );
+    tracing::debug!(?config, "settings");
     let node = node::Node::start(config)
         .await
         .context("cannot start the node")?;
@@ -38,6 +46,20 @@ pub async fn node(args: &NodeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The `--env-file` (default `.env` in the current directory, if present),
+/// read dotenv style.
+fn dotenv(args: &NodeArgs) -> anyhow::Result<Vec<(String, String)>> {
+    let (path, required) = match &args.env_file {
+        Some(path) => (path.clone(), true),
+        None => (std::path::PathBuf::from(".env"), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(parse_dotenv(&text)),
+        Err(error) if !required && error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(error) => Err(anyhow!("cannot read {}: {error}", path.display())),
+    }
 }
 
 /// The process environment's node settings. A setting whose value is not
@@ -78,8 +100,7 @@ async fn wait_for_stop(node: &node::Node) -> anyhow::Result<&'static str> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate =
-            signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
         tokio::select! {
             result = tokio::signal::ctrl_c() => {
                 result.context("cannot listen for SIGINT")?;
@@ -105,8 +126,12 @@ async fn wait_for_stop(node: &node::Node) -> anyhow::Result<&'static str> {
 /// address (`0.0.0.0`, `::`) becomes the loopback address.
 fn reachable(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
         _ => addr,
     }
 }

@@ -163,9 +163,7 @@ impl Settings {
                 .with_context(|| format!("invalid flag for {key}"))?;
         }
         let layered = builder.build().context("cannot read the configuration")?;
-        let settings: Settings = layered
-            .try_deserialize()
-            .context("invalid configuration")?;
+        let settings: Settings = layered.try_deserialize().context("invalid configuration")?;
         settings.validate()?;
         Ok(settings)
     }
@@ -173,7 +171,9 @@ impl Settings {
     /// Checks what the types alone cannot.
     fn validate(&self) -> anyhow::Result<()> {
         for peer in &self.bootstrap_peers {
-            let port = peer.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+            let port = peer
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
             match port {
                 Some((host, Ok(_))) if !host.is_empty() => {}
                 _ => bail!("bootstrap peer {peer:?} is not host:port"),
@@ -224,6 +224,50 @@ impl Settings {
         config.heartbeat_ms = self.heartbeat_ms;
         config
     }
+}
+
+/// Reads a `.env` file's `KEY=value` lines (dotenv style): blank lines and
+/// `#` comments are skipped, an `export ` prefix is allowed, a value may be
+/// wrapped in single or double quotes, and an unquoted value ends at ` #`.
+/// Lines that are not assignments are ignored.
+pub fn parse_dotenv(text: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let value = value.trim();
+        let quoted = ['"', '\'']
+            .iter()
+            .find(|q| value.len() >= 2 && value.starts_with(**q) && value.ends_with(**q));
+        let value = match quoted {
+            Some(_) => &value[1..value.len() - 1],
+            None => value.split_once(" #").map_or(value, |(v, _)| v).trim_end(),
+        };
+        pairs.push((key.to_owned(), value.to_owned()));
+    }
+    pairs
+}
+
+/// The environment as a node sees it: `dotenv` entries overlaid by the
+/// process environment (a variable that is really set always wins, as with
+/// every dotenv implementation).
+pub fn merge_env(
+    dotenv: Vec<(String, String)>,
+    process: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let mut merged: HashMap<String, String> = dotenv.into_iter().collect();
+    merged.extend(process);
+    merged.into_iter().collect()
 }
 
 /// The environment layer: known variables only, keyed by their lowercase
@@ -383,10 +427,7 @@ mod tests {
     }
 
     fn write_toml(text: &str) -> tempfile::NamedTempFile {
-        let mut file = tempfile::Builder::new()
-            .suffix(".toml")
-            .tempfile()
-            .unwrap();
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
         file
     }
@@ -429,11 +470,8 @@ mod tests {
 
     #[test]
     fn lists_parse_from_comma_separated_strings() {
-        let settings = load_env(&[
-            ("BOOTSTRAP_PEERS", "a:1, b:2,,"),
-            ("MDNS_INTERFACES", "lo"),
-        ])
-        .unwrap();
+        let settings =
+            load_env(&[("BOOTSTRAP_PEERS", "a:1, b:2,,"), ("MDNS_INTERFACES", "lo")]).unwrap();
         assert_eq!(settings.bootstrap_peers, ["a:1", "b:2"]);
         assert_eq!(settings.mdns_interfaces, ["lo"]);
         let single = load_env(&[("BOOTSTRAP_PEERS", "127.0.0.1:3000")]).unwrap();
@@ -461,9 +499,11 @@ mod tests {
 
     #[test]
     fn markets_parse_from_the_environment() {
-        let settings =
-            load_env(&[("MARKETS", "BTC-USD:0.01:0.0001,ETH-USD:0.01:0.001, SOL-USD:0.001:1")])
-                .unwrap();
+        let settings = load_env(&[(
+            "MARKETS",
+            "BTC-USD:0.01:0.0001,ETH-USD:0.01:0.001, SOL-USD:0.001:1",
+        )])
+        .unwrap();
         let expected = [
             ("BTC-USD", dec!(0.01), dec!(0.0001)),
             ("ETH-USD", dec!(0.01), dec!(0.001)),
@@ -471,7 +511,10 @@ mod tests {
         ];
         assert_eq!(settings.markets.len(), expected.len());
         for (market, (name, tick, lot)) in settings.markets.iter().zip(expected) {
-            assert_eq!((market.name.as_str(), market.tick_size, market.lot_size), (name, tick, lot));
+            assert_eq!(
+                (market.name.as_str(), market.tick_size, market.lot_size),
+                (name, tick, lot)
+            );
         }
     }
 
@@ -569,7 +612,8 @@ mod tests {
 
     #[test]
     fn log_settings_layer_like_the_rest() {
-        let settings = load_env(&[("LOG_FORMAT", "JSON"), ("RUST_LOG", "debug,node=trace")]).unwrap();
+        let settings =
+            load_env(&[("LOG_FORMAT", "JSON"), ("RUST_LOG", "debug,node=trace")]).unwrap();
         assert_eq!(settings.log_format, LogFormat::Json);
         assert_eq!(settings.rust_log.as_deref(), Some("debug,node=trace"));
     }
@@ -609,7 +653,10 @@ mod tests {
         assert_eq!(config.bootstrap_peers, ["127.0.0.1:3000"]);
         assert_eq!(config.max_peers, 9);
         assert_eq!(config.peer_reconnect_interval, 1234);
-        assert_eq!(config.peer_storage_path.as_deref(), Some(Path::new("/tmp/p.json")));
+        assert_eq!(
+            config.peer_storage_path.as_deref(),
+            Some(Path::new("/tmp/p.json"))
+        );
         assert!(!config.discovery_mdns);
         assert_eq!(config.mdns_interfaces, ["lo", "eth0"]);
         assert!(!config.discovery_grenache);
@@ -638,7 +685,10 @@ mod tests {
             let Some((key, value)) = assignment.split_once('=') else {
                 continue;
             };
-            if !key.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+            if !key
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
                 continue;
             }
             seen.push(key.to_owned());
@@ -647,9 +697,62 @@ mod tests {
             }
         }
         for var in ENV_VARS {
-            assert!(seen.iter().any(|key| key == var), "{var} missing from .env.example");
+            assert!(
+                seen.iter().any(|key| key == var),
+                "{var} missing from .env.example"
+            );
         }
         let loaded = Settings::load(None, pairs, &[]).unwrap();
         assert_eq!(loaded, Settings::default());
+    }
+
+    #[test]
+    fn dotenv_files_parse_like_dotenv() {
+        let text = "\
+# a comment
+NETWORK_ID=net-1
+export P2P_PORT=3001
+BOOTSTRAP_PEERS=\"a:1,b:2\"
+GRAPE_URL='http://127.0.0.1:1'
+MAX_PEERS=9 # trailing comment
+MARKETS=
+not an assignment
+BAD KEY=1
+";
+        let pairs = parse_dotenv(text);
+        let expected = [
+            ("NETWORK_ID", "net-1"),
+            ("P2P_PORT", "3001"),
+            ("BOOTSTRAP_PEERS", "a:1,b:2"),
+            ("GRAPE_URL", "http://127.0.0.1:1"),
+            ("MAX_PEERS", "9"),
+            ("MARKETS", ""),
+        ];
+        let got: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn the_process_environment_beats_the_dotenv_file() {
+        let dotenv = parse_dotenv("P2P_PORT=3001\nMAX_PEERS=9\n");
+        let merged = merge_env(dotenv, env(&[("P2P_PORT", "3002")]));
+        let settings = Settings::load(None, merged, &[]).unwrap();
+        assert_eq!(settings.p2p_port, 3002);
+        assert_eq!(settings.max_peers, 9);
+    }
+
+    /// `.env.example` is itself a valid dotenv file: copied to `.env`
+    /// unchanged, it yields exactly the defaults it documents.
+    #[test]
+    fn env_example_as_a_dotenv_file_yields_the_defaults() {
+        let pairs = parse_dotenv(include_str!("../../../.env.example"));
+        assert!(pairs.len() >= 15, "{pairs:?}");
+        assert_eq!(
+            Settings::load(None, pairs, &[]).unwrap(),
+            Settings::default()
+        );
     }
 }

@@ -356,8 +356,6 @@ pub enum Phase {
     Joining,
     /// A member: may place orders.
     Member,
-    /// Holds the network's log but is no longer (or not yet again) a member.
-    Observer,
 }
 
 /// A snapshot of the engine's replication state, for `/v1/status`.
@@ -592,10 +590,9 @@ impl Engine {
             }
         } else if self.members.contains(&self.me) {
             Phase::Member
-        } else if self.known_origins.contains(&self.me) || self.target_genesis.is_some() {
-            Phase::Joining
         } else {
-            Phase::Observer
+            // Also a node that left: it asks to be admitted again.
+            Phase::Joining
         }
     }
 
@@ -626,13 +623,16 @@ impl Engine {
     /// Whether a batch of `origin` ending at `last_seq` would add anything (lets the
     /// shell skip verifying duplicates, which flooding produces a lot of).
     pub fn wants_batch(&self, origin: &NodeId, last_seq: u64) -> bool {
-        let delivered = self.origins.get(origin).map_or(0, |st| st.delivered);
-        last_seq > delivered && !self.buffer.contains_key(&(*origin, last_seq.min(delivered + 1)))
+        last_seq > self.origins.get(origin).map_or(0, |st| st.delivered)
     }
 
     /// Whether a frontier of `origin` at `lamport` is news (the shell skips verifying old ones).
     pub fn wants_frontier(&self, origin: &NodeId, lamport: u64) -> bool {
-        *origin != self.me && self.origins.get(origin).is_none_or(|st| lamport > st.announced)
+        *origin != self.me
+            && self
+                .origins
+                .get(origin)
+                .is_none_or(|st| lamport > st.announced)
     }
 
     /// The settled book of a market.
@@ -650,7 +650,17 @@ impl Engine {
 
     /// An order's state, if its event has been delivered here.
     pub fn order(&self, id: ApiOrderId) -> Option<OrderView> {
-        self.orders.get(&id.0.0).map(view)
+        self.orders.get(&id.0.0).map(|r| self.view(r))
+    }
+
+    fn view(&self, record: &OrderRecord) -> OrderView {
+        let scales = self
+            .config
+            .markets
+            .iter()
+            .find(|m| m.name == record.order.market)
+            .map_or((0, 0), |m| (m.tick_size.scale(), m.lot_size.scale()));
+        view(record, scales)
     }
 
     /// The state digest: sha256 over the settled position, the matcher's digest and the
@@ -659,9 +669,9 @@ impl Engine {
         let mut hasher = Sha256::new();
         hasher.update(b"p2p-exchange/state/v1\0");
         hasher.update(self.settled_events.to_le_bytes());
-        let (lamport, origin, seq) = self
-            .settled_key
-            .unwrap_or((0, NodeId::from_bytes([0; 32]), 0));
+        let (lamport, origin, seq) =
+            self.settled_key
+                .unwrap_or((0, NodeId::from_bytes([0; 32]), 0));
         hasher.update(lamport.to_le_bytes());
         hasher.update(origin.as_bytes());
         hasher.update(seq.to_le_bytes());
@@ -752,6 +762,93 @@ impl Engine {
         }
     }
 
+    /// Turns a peer message into an engine input, checking signatures (the CPU-heavy part,
+    /// kept out of [`Engine::handle`] so a shell may run it elsewhere).
+    ///
+    /// `Ok(None)`: nothing for the engine (transport-level messages, duplicates skipped before
+    /// verifying). `Err(what)`: the peer sent something provably bad; score it down.
+    pub fn check_message(
+        &self,
+        from: &NodeId,
+        message: Message,
+    ) -> Result<Option<PeerInput>, String> {
+        Ok(Some(match message {
+            Message::Batch(batch) => {
+                if !self.wants_batch(&batch.origin(), batch.last_seq()) {
+                    return Ok(None);
+                }
+                PeerInput::Batch(batch.verify().map_err(|e| format!("bad batch: {e}"))?)
+            }
+            Message::Frontier(frontier) => {
+                if !self.wants_frontier(&frontier.origin, frontier.lamport) {
+                    return Ok(None);
+                }
+                PeerInput::Frontier(
+                    frontier
+                        .verify()
+                        .map_err(|e| format!("bad frontier: {e}"))?,
+                )
+            }
+            Message::SyncRequest { clock } => PeerInput::SyncRequest {
+                clock: crate::wire::clock_from_wire(&clock),
+            },
+            Message::SyncResponse { batches, done } => {
+                let mut verified = Vec::with_capacity(batches.len());
+                for batch in batches {
+                    if !self.wants_batch(&batch.origin(), batch.last_seq()) {
+                        continue;
+                    }
+                    verified.push(
+                        batch
+                            .verify()
+                            .map_err(|e| format!("bad synced batch: {e}"))?,
+                    );
+                }
+                PeerInput::SyncResponse {
+                    batches: verified,
+                    done,
+                }
+            }
+            Message::Digest {
+                lamport,
+                settled_events,
+                digest,
+            } => PeerInput::Digest {
+                lamport,
+                settled_events,
+                digest,
+            },
+            Message::NetworkInfo {
+                genesis,
+                has_orders,
+                members,
+                clock,
+            } => PeerInput::NetworkInfo {
+                genesis,
+                has_orders,
+                members,
+                clock: crate::wire::clock_from_wire(&clock),
+            },
+            Message::JoinRequest { node_id, signature } => {
+                if node_id != *from {
+                    return Err("join request for another node".to_owned());
+                }
+                let transcript = peer_protocol::join_transcript(&self.config.network_id, &node_id);
+                peer_protocol::verify(&node_id, &transcript, &signature)
+                    .map_err(|_| "bad join request signature".to_owned())?;
+                PeerInput::JoinRequest
+            }
+            Message::Hello(_)
+            | Message::HelloAck(_)
+            | Message::Ping { .. }
+            | Message::Pong { .. }
+            | Message::GetPeers
+            | Message::Peers(_)
+            | Message::Vote { .. }
+            | Message::Goodbye { .. } => return Ok(None),
+        }))
+    }
+
     // ---- Restore from the durable log ----------------------------------------------------
 
     /// Replays one durable batch (no effects: it is already durable and peers learn it by sync).
@@ -761,10 +858,11 @@ impl Engine {
             && batch.first_seq() == 1
             && let Some(Event {
                 origin,
-                body: EventBody::Genesis {
-                    network_id,
-                    market_hash,
-                },
+                body:
+                    EventBody::Genesis {
+                        network_id,
+                        market_hash,
+                    },
                 ..
             }) = batch.events().first()
         {
@@ -789,7 +887,10 @@ impl Engine {
 
     /// Ends a replay: the clock and own seq are what the log says.
     pub fn finish_restore(&mut self) {
-        let own = self.origins.get(&self.me).map_or((0, 0), |st| (st.delivered, st.last_lamport));
+        let own = self
+            .origins
+            .get(&self.me)
+            .map_or((0, 0), |st| (st.delivered, st.last_lamport));
         // Never announce less than we may already have announced before a restart: every
         // frontier we sent was durable, so the replayed clock covers it.
         self.last_frontier = (own.0, 0);
@@ -797,7 +898,11 @@ impl Engine {
 
     // ---- Client commands ---------------------------------------------------------------
 
-    fn place(&mut self, order: PlaceOrder, out: &mut Vec<Effect>) -> Result<OrderView, ClientError> {
+    fn place(
+        &mut self,
+        order: PlaceOrder,
+        out: &mut Vec<Effect>,
+    ) -> Result<OrderView, ClientError> {
         if let Some(client_id) = &order.client_order_id {
             if client_id.is_empty() || client_id.len() > MAX_CLIENT_ORDER_ID_LEN {
                 return Err(ClientError::bad(
@@ -808,7 +913,7 @@ impl Engine {
             if let Some(seq) = self.client_ids.get(client_id) {
                 let id = order_id(&self.me, *seq);
                 if let Some(record) = self.orders.get(&id.0) {
-                    return Ok(view(record));
+                    return Ok(self.view(record));
                 }
             }
         }
@@ -822,10 +927,9 @@ impl Engine {
         }
         let seq = self.create(EventBody::Place(order), out);
         let id = order_id(&self.me, seq);
-        self.orders
-            .get(&id.0)
-            .map(view)
-            .ok_or_else(|| ClientError::new(ClientErrorKind::Unavailable, "internal", "order vanished"))
+        self.orders.get(&id.0).map(|r| self.view(r)).ok_or_else(|| {
+            ClientError::new(ClientErrorKind::Unavailable, "internal", "order vanished")
+        })
     }
 
     fn validate(&self, order: &PlaceOrder) -> Result<(), ClientError> {
@@ -837,7 +941,10 @@ impl Engine {
         };
         match (order.order_type, order.price) {
             (OrderType::Limit, None) => {
-                return Err(ClientError::bad("missing_price", "a limit order needs a price"));
+                return Err(ClientError::bad(
+                    "missing_price",
+                    "a limit order needs a price",
+                ));
             }
             (OrderType::Market, Some(_)) => {
                 return Err(ClientError::bad(
@@ -860,12 +967,18 @@ impl Engine {
             if !(price % spec.tick_size).is_zero() {
                 return Err(ClientError::bad(
                     "off_tick",
-                    format!("price {price} is not a multiple of the tick size {}", spec.tick_size),
+                    format!(
+                        "price {price} is not a multiple of the tick size {}",
+                        spec.tick_size
+                    ),
                 ));
             }
         }
         if order.quantity <= Decimal::ZERO {
-            return Err(ClientError::bad("invalid_quantity", "quantity must be positive"));
+            return Err(ClientError::bad(
+                "invalid_quantity",
+                "quantity must be positive",
+            ));
         }
         if !(order.quantity % spec.lot_size).is_zero() {
             return Err(ClientError::bad(
@@ -885,7 +998,10 @@ impl Engine {
             return Err(ClientError::bad("invalid_price", "price is too large"));
         }
         if lots > limit {
-            return Err(ClientError::bad("invalid_quantity", "quantity is too large"));
+            return Err(ClientError::bad(
+                "invalid_quantity",
+                "quantity is too large",
+            ));
         }
         Ok(())
     }
@@ -913,7 +1029,7 @@ impl Engine {
             ));
         }
         if record.cancel_requested {
-            return Ok(view(record));
+            return Ok(self.view(record));
         }
         if self.phase() != Phase::Member {
             return Err(ClientError::new(
@@ -924,11 +1040,15 @@ impl Engine {
         }
         let order_seq = record.seq;
         self.create(EventBody::Cancel { order_seq }, out);
-        let record = self.orders.get_mut(&id.0.0).ok_or_else(|| {
-            ClientError::new(ClientErrorKind::NotFound, "order_not_found", "order vanished")
+        // Delivering the cancel event to ourselves marked the order `cancel_requested`.
+        let record = self.orders.get(&id.0.0).ok_or_else(|| {
+            ClientError::new(
+                ClientErrorKind::NotFound,
+                "order_not_found",
+                "order vanished",
+            )
         })?;
-        record.cancel_requested = true;
-        Ok(view(record))
+        Ok(self.view(record))
     }
 
     /// Creates a local event: next own seq, `lamport = 1 + max seen`; delivered to self at once.
@@ -1155,10 +1275,18 @@ impl Engine {
             self.on_network_info(from, genesis, has_orders, members, clock, out);
             return;
         }
-        if let PeerInput::JoinRequest = message {
-            // Its signature covers our network id; the newcomer may not have told us its genesis.
-            self.on_join_request(from, out);
-            return;
+        match message {
+            PeerInput::JoinRequest => {
+                // Its signature covers our network id; the newcomer may not know our genesis yet.
+                self.on_join_request(from, out);
+                return;
+            }
+            PeerInput::SyncRequest { clock } => {
+                // Anyone of our network id may read our log (a newcomer needs it to join).
+                self.answer_sync(from, &clock, out);
+                return;
+            }
+            _ => {}
         }
         if !self.peer_in_network(&from) {
             tracing::debug!(peer = %from.short(), "ignoring log message from a peer of another network");
@@ -1320,7 +1448,11 @@ impl Engine {
     }
 
     fn remember_digest(&mut self, settled_events: u64, digest: [u8; 32]) {
-        if self.digests.back().is_some_and(|(c, _)| *c == settled_events) {
+        if self
+            .digests
+            .back()
+            .is_some_and(|(c, _)| *c == settled_events)
+        {
             return;
         }
         if self.digests.len() >= 64 {
@@ -1418,7 +1550,13 @@ impl Engine {
 
     /// Offers a verified batch: delivered if it is next for its origin, buffered if it is ahead
     /// of a gap (the gap is fetched), dropped if already delivered.
-    fn offer(&mut self, from: Option<NodeId>, batch: VerifiedBatch, relay: bool, out: &mut Vec<Effect>) {
+    fn offer(
+        &mut self,
+        from: Option<NodeId>,
+        batch: VerifiedBatch,
+        relay: bool,
+        out: &mut Vec<Effect>,
+    ) {
         let origin = batch.origin();
         let delivered = self.origins.get(&origin).map_or(0, |st| st.delivered);
         if batch.last_seq() <= delivered {
@@ -1468,11 +1606,12 @@ impl Engine {
                     self.buffer.remove(&key);
                     continue;
                 }
-                if batch.first_seq() <= delivered + 1 && self.accepts_origin(&origin, batch) {
-                    if let Some((from, batch)) = self.buffer.remove(&key) {
-                        self.deliver(from, batch, from.is_some(), out);
-                        progressed = true;
-                    }
+                if batch.first_seq() <= delivered + 1
+                    && self.accepts_origin(&origin, batch)
+                    && let Some((from, batch)) = self.buffer.remove(&key)
+                {
+                    self.deliver(from, batch, from.is_some(), out);
+                    progressed = true;
                 }
             }
             if !progressed {
@@ -1482,13 +1621,23 @@ impl Engine {
     }
 
     /// Delivers the new events of a batch that starts at or before the next expected seq.
-    fn deliver(&mut self, from: Option<NodeId>, batch: VerifiedBatch, relay: bool, out: &mut Vec<Effect>) -> bool {
+    fn deliver(
+        &mut self,
+        from: Option<NodeId>,
+        batch: VerifiedBatch,
+        relay: bool,
+        out: &mut Vec<Effect>,
+    ) -> bool {
         let origin = batch.origin();
         let (delivered, last_lamport) = self
             .origins
             .get(&origin)
             .map_or((0, 0), |st| (st.delivered, st.last_lamport));
-        let new: Vec<&Event> = batch.events().iter().filter(|e| e.seq > delivered).collect();
+        let new: Vec<&Event> = batch
+            .events()
+            .iter()
+            .filter(|e| e.seq > delivered)
+            .collect();
         let Some(first) = new.first() else {
             return false;
         };
@@ -1516,7 +1665,10 @@ impl Engine {
             }
             return false;
         }
-        if self.settled_key.is_some_and(|k| (first.lamport, origin, first.seq) <= k) {
+        if self
+            .settled_key
+            .is_some_and(|k| (first.lamport, origin, first.seq) <= k)
+        {
             self.reject(from, &origin, "event before the settled position");
             return false;
         }
@@ -1617,10 +1769,7 @@ impl Engine {
     /// Applies every delivered event at or below the settled frontier, in key order. A
     /// membership change recomputes the frontier before the next event.
     fn settle(&mut self, out: &mut Vec<Effect>) {
-        loop {
-            let Some(s) = self.settled_frontier() else {
-                break;
-            };
+        while let Some(s) = self.settled_frontier() {
             let Some(entry) = self.unsettled.first_entry() else {
                 break;
             };
@@ -1697,7 +1846,7 @@ impl Engine {
             }
             EventBody::Evict { .. } => {}
         }
-        if self.settled_events % CHECKPOINT_EVERY == 0 {
+        if self.settled_events.is_multiple_of(CHECKPOINT_EVERY) {
             let digest = self.digest();
             self.remember_digest(self.settled_events, digest);
         }
@@ -1797,7 +1946,12 @@ impl Engine {
     }
 }
 
-fn view(record: &OrderRecord) -> OrderView {
+fn view(record: &OrderRecord, scales: (u32, u32)) -> OrderView {
+    let at = |d: Decimal, scale: u32| {
+        let mut d = d;
+        d.rescale(scale);
+        d
+    };
     let remaining = if record.status.is_final() {
         Decimal::ZERO
     } else {
@@ -1810,14 +1964,18 @@ fn view(record: &OrderRecord) -> OrderView {
         market: record.order.market.clone(),
         side: record.order.side,
         order_type: record.order.order_type,
-        price: record.order.price,
-        quantity: record.order.quantity,
+        price: record.order.price.map(|p| at(p, scales.0)),
+        quantity: at(record.order.quantity, scales.1),
         time_in_force: record.order.time_in_force,
         status: record.status,
-        filled_quantity: record.filled,
-        remaining_quantity: remaining,
+        filled_quantity: at(record.filled, scales.1),
+        remaining_quantity: at(remaining, scales.1),
         reason: record.reason.clone(),
         lamport: record.lamport,
         cancel_requested: record.cancel_requested,
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

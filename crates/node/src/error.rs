@@ -7,7 +7,9 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// Another process (or another node in this process) holds the data directory.
-    #[error("data directory {path} is locked by another node (two nodes can never share a data directory; set DATA_DIR or P2P_PORT)")]
+    #[error(
+        "data directory {path} is locked by another node (two nodes can never share a data directory; set DATA_DIR or P2P_PORT)"
+    )]
     DataDirLocked {
         /// The locked directory.
         path: PathBuf,

@@ -54,7 +54,9 @@ impl FromStr for ApiOrderId {
     type Err = &'static str;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (prefix, seq) = s.split_once('-').ok_or("order id must look like <hex>-<seq>")?;
+        let (prefix, seq) = s
+            .split_once('-')
+            .ok_or("order id must look like <hex>-<seq>")?;
         if prefix.len() != 16 {
             return Err("order id prefix must be 16 hex digits");
         }
@@ -63,7 +65,9 @@ impl FromStr for ApiOrderId {
         if seq == 0 {
             return Err("order id seq starts at 1");
         }
-        Ok(ApiOrderId(OrderId((u128::from(prefix) << 64) | u128::from(seq))))
+        Ok(ApiOrderId(OrderId(
+            (u128::from(prefix) << 64) | u128::from(seq),
+        )))
     }
 }
 
@@ -105,7 +109,14 @@ mod tests {
         let id = ApiOrderId(order_id(&node, 42));
         assert_eq!(id.to_string(), "abababababababab-42");
         assert_eq!("abababababababab-42".parse::<ApiOrderId>(), Ok(id));
-        for bad in ["", "x-1", "abababababababab", "abababababababab-0", "ab-1", "abababababababab-x"] {
+        for bad in [
+            "",
+            "x-1",
+            "abababababababab",
+            "abababababababab-0",
+            "ab-1",
+            "abababababababab-x",
+        ] {
             assert!(bad.parse::<ApiOrderId>().is_err(), "{bad}");
         }
     }

@@ -1,7 +1,10 @@
-//! One market's book: price levels in ordered maps, orders in a slab with
-//! intrusive FIFO lists per level, so that cancel is O(1) once the slot is known.
+//! One market's book: price levels in an ordered map (plus a hash map for
+//! O(1) lookup by price), each with a FIFO queue of order ids. Cancels leave
+//! stale entries behind that are skipped and compacted away, so a cancel is
+//! O(1) and touches only the order's map entry and its level.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -9,41 +12,111 @@ use serde::{Deserialize, Serialize};
 use crate::types::{Depth, MarketSpec, OrderId, OwnerId, Side};
 use crate::units::Unit;
 
-/// "No slot" in the intrusive lists.
-pub(crate) const NIL: u32 = u32::MAX;
+/// A deterministic, fixed-key hasher for order ids and prices: a folded
+/// multiply. Results never depend on a map's iteration order, and the engine
+/// stays free of randomness.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FoldHasher(u64);
 
-/// A resting order inside the slab. 64 bytes.
+#[inline]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let full = u128::from(a) * u128::from(b);
+    (full as u64) ^ ((full >> 64) as u64)
+}
+
+impl Hasher for FoldHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(buf));
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.0 = fold_mul(self.0 ^ i ^ 0x243f_6a88_85a3_08d3, 0x9e37_79b9_7f4a_7c15);
+    }
+
+    #[inline]
+    fn write_u128(&mut self, i: u128) {
+        let lo = i as u64;
+        let hi = (i >> 64) as u64;
+        self.0 = fold_mul(
+            lo ^ 0x243f_6a88_85a3_08d3,
+            hi ^ 0x1319_8a2e_0370_7344 ^ self.0,
+        );
+    }
+}
+
+/// A hash map with the deterministic [`FoldHasher`].
+pub(crate) type FoldMap<K, V> = HashMap<K, V, BuildHasherDefault<FoldHasher>>;
+
+/// A resting order, stored inline in the exchange's id map (so a cancel
+/// touches one map entry and its level, nothing else). 56 bytes.
 #[derive(Debug, Clone)]
-pub(crate) struct Slot {
-    pub(crate) id: u128,
+pub(crate) struct Order {
     pub(crate) owner: u64,
     pub(crate) price: u64,
     pub(crate) remaining: u64,
     pub(crate) filled: u64,
-    pub(crate) prev: u32,
-    pub(crate) next: u32,
+    /// When it was queued: tells a live queue entry from a stale one.
+    pub(crate) seq: u64,
+    pub(crate) market: u32,
+    pub(crate) level: u32,
     pub(crate) side: Side,
 }
 
-/// A price level: a FIFO list of slots and its aggregated quantity in lots.
+/// All resting orders of an exchange by id.
+pub(crate) type Orders = FoldMap<u128, Order>;
+
+/// A place in a level's FIFO queue. Cancelled orders leave their entry behind
+/// (lazy deletion): an entry is live only while the id map holds an order
+/// with this id *and* this `seq`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry {
+    pub(crate) id: u128,
+    pub(crate) seq: u64,
+}
+
+impl Entry {
+    /// The order this entry stands for, if the entry is still live.
+    #[inline]
+    pub(crate) fn live<'a>(&self, orders: &'a Orders) -> Option<&'a Order> {
+        orders.get(&self.id).filter(|o| o.seq == self.seq)
+    }
+}
+
+/// A price level: a FIFO queue and the aggregated quantity of its live orders.
 #[derive(Debug, Clone)]
 pub(crate) struct Level {
-    pub(crate) head: u32,
-    pub(crate) tail: u32,
-    pub(crate) count: u32,
+    pub(crate) price: u64,
+    pub(crate) queue: VecDeque<Entry>,
+    /// Live orders in the queue (the rest of the queue is stale entries).
+    pub(crate) live: u32,
+    /// Remaining lots of the live orders.
     pub(crate) total: u128,
 }
 
-impl Level {
-    const EMPTY: Level = Level {
-        head: NIL,
-        tail: NIL,
-        count: 0,
-        total: 0,
-    };
+/// Stale entries a level may hold before it is compacted, beyond one per live order.
+pub(crate) const STALE_SLACK: usize = 16;
+
+/// The price levels of one side: ordered by price for best-price walks, and
+/// hashed by price so that adding to an existing level costs no tree search.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Levels {
+    /// Price in ticks -> level index; the best bid is the last, the best ask the first.
+    pub(crate) order: BTreeMap<u64, u32>,
+    /// The same mapping, for O(1) lookup.
+    pub(crate) lookup: FoldMap<u64, u32>,
 }
 
-/// A resting order as reported by [`Book::resting`] and stored in snapshots.
+/// A resting order as reported by [`crate::Exchange::resting`] and stored in snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestingOrder {
     /// The order.
@@ -58,22 +131,21 @@ pub struct RestingOrder {
     pub filled: Decimal,
 }
 
-/// The book of one market: resting bids and asks in price-time priority.
+/// The book of one market: its price levels, best first, with FIFO queues.
 ///
 /// Read it through [`crate::Exchange::market`]; it changes only through
-/// [`crate::Exchange::execute`].
+/// [`crate::Exchange::execute`]. The orders themselves live in the exchange
+/// (see [`crate::Exchange::resting`] and [`crate::Exchange::order`]).
 #[derive(Debug, Clone)]
 pub struct Book {
     pub(crate) spec: MarketSpec,
     pub(crate) tick: Unit,
     pub(crate) lot: Unit,
-    /// Bid levels by price in ticks; the best is the last.
-    pub(crate) bids: BTreeMap<u64, Level>,
-    /// Ask levels by price in ticks; the best is the first.
-    pub(crate) asks: BTreeMap<u64, Level>,
-    pub(crate) slots: Vec<Slot>,
-    /// Head of the free list of slots (linked through `next`).
-    pub(crate) free: u32,
+    pub(crate) bids: Levels,
+    pub(crate) asks: Levels,
+    /// Level slab; `free_levels` lists the unused ones.
+    pub(crate) levels: Vec<Level>,
+    pub(crate) free_levels: Vec<u32>,
     pub(crate) len: usize,
 }
 
@@ -83,10 +155,10 @@ impl Book {
             spec,
             tick,
             lot,
-            bids: BTreeMap::new(),
-            asks: BTreeMap::new(),
-            slots: Vec::new(),
-            free: NIL,
+            bids: Levels::default(),
+            asks: Levels::default(),
+            levels: Vec::new(),
+            free_levels: Vec::new(),
             len: 0,
         }
     }
@@ -113,156 +185,173 @@ impl Book {
 
     /// The highest bid price.
     pub fn best_bid(&self) -> Option<Decimal> {
-        self.bids
-            .keys()
-            .next_back()
-            .map(|&p| self.tick.to_decimal(u128::from(p)))
+        self.best(Side::Buy)
+            .map(|(p, _)| self.tick.to_decimal(u128::from(p)))
     }
 
     /// The lowest ask price.
     pub fn best_ask(&self) -> Option<Decimal> {
-        self.asks
-            .keys()
-            .next()
-            .map(|&p| self.tick.to_decimal(u128::from(p)))
+        self.best(Side::Sell)
+            .map(|(p, _)| self.tick.to_decimal(u128::from(p)))
     }
 
     /// Up to `levels` price levels per side, aggregated, best first.
     pub fn depth(&self, levels: usize) -> Depth {
-        let level = |(&p, l): (&u64, &Level)| {
+        let level = |(&p, &l): (&u64, &u32)| {
             (
                 self.tick.to_decimal(u128::from(p)),
-                self.lot.to_decimal(l.total),
+                self.lot.to_decimal(self.levels[l as usize].total),
             )
         };
         Depth {
-            bids: self.bids.iter().rev().take(levels).map(level).collect(),
-            asks: self.asks.iter().take(levels).map(level).collect(),
+            bids: self
+                .bids
+                .order
+                .iter()
+                .rev()
+                .take(levels)
+                .map(level)
+                .collect(),
+            asks: self.asks.order.iter().take(levels).map(level).collect(),
         }
     }
 
-    /// All resting orders of one side in priority order (best price first, then FIFO).
-    pub fn resting(&self, side: Side) -> Vec<RestingOrder> {
-        let mut out = Vec::new();
-        self.for_each_resting(side, |slot| {
-            out.push(RestingOrder {
-                id: OrderId(slot.id),
-                owner: OwnerId(slot.owner),
-                price: self.tick.to_decimal(u128::from(slot.price)),
-                quantity: self.lot.to_decimal(u128::from(slot.remaining)),
-                filled: self.lot.to_decimal(u128::from(slot.filled)),
-            });
-        });
-        out
-    }
-
-    /// Calls `f` for every resting slot of `side` in priority order.
-    pub(crate) fn for_each_resting(&self, side: Side, mut f: impl FnMut(&Slot)) {
-        let mut visit = |level: &Level| {
-            let mut s = level.head;
-            while s != NIL {
-                let slot = &self.slots[s as usize];
-                f(slot);
-                s = slot.next;
-            }
-        };
+    /// The best level of a side: `(price in ticks, level index)`.
+    #[inline]
+    pub(crate) fn best(&self, side: Side) -> Option<(u64, u32)> {
         match side {
-            Side::Buy => self.bids.values().for_each(&mut visit),
-            Side::Sell => self.asks.values().for_each(&mut visit),
+            Side::Buy => self.bids.order.last_key_value(),
+            Side::Sell => self.asks.order.first_key_value(),
+        }
+        .map(|(&p, &l)| (p, l))
+    }
+
+    /// The level indexes of a side, best first.
+    pub(crate) fn level_indexes(&self, side: Side) -> Box<dyn Iterator<Item = u32> + '_> {
+        match side {
+            Side::Buy => Box::new(self.bids.order.values().rev().copied()),
+            Side::Sell => Box::new(self.asks.order.values().copied()),
         }
     }
 
-    /// Appends a new order at the tail of its level; returns its slot.
+    /// Calls `f` for every live order of `side` in priority order.
+    pub(crate) fn for_each_resting(
+        &self,
+        side: Side,
+        orders: &Orders,
+        mut f: impl FnMut(u128, &Order),
+    ) {
+        for l in self.level_indexes(side) {
+            for e in &self.levels[l as usize].queue {
+                if let Some(o) = e.live(orders) {
+                    f(e.id, o);
+                }
+            }
+        }
+    }
+
+    /// Queues a new order at the tail of its level and adds it to `orders`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert(
         &mut self,
+        orders: &mut Orders,
+        market: u32,
         id: u128,
         owner: u64,
         side: Side,
         price: u64,
         remaining: u64,
         filled: u64,
-    ) -> u32 {
-        let levels = match side {
+        seq: u64,
+    ) {
+        let sides = match side {
             Side::Buy => &mut self.bids,
             Side::Sell => &mut self.asks,
         };
-        let level = levels.entry(price).or_insert(Level::EMPTY);
-        let slot = Slot {
-            id,
-            owner,
-            price,
-            remaining,
-            filled,
-            prev: level.tail,
-            next: NIL,
-            side,
+        let l = match sides.lookup.get(&price) {
+            Some(&l) => l,
+            None => {
+                let l = match self.free_levels.pop() {
+                    Some(l) => {
+                        let level = &mut self.levels[l as usize];
+                        level.price = price;
+                        level.live = 0;
+                        level.total = 0;
+                        l
+                    }
+                    None => {
+                        // At most one level per resting order, so this fits in u32.
+                        self.levels.push(Level {
+                            price,
+                            queue: VecDeque::new(),
+                            live: 0,
+                            total: 0,
+                        });
+                        (self.levels.len() - 1) as u32
+                    }
+                };
+                sides.lookup.insert(price, l);
+                sides.order.insert(price, l);
+                l
+            }
         };
-        let s = if self.free != NIL {
-            let s = self.free;
-            self.free = self.slots[s as usize].next;
-            self.slots[s as usize] = slot;
-            s
-        } else {
-            // The exchange caps the number of resting orders below u32::MAX.
-            let s = self.slots.len() as u32;
-            self.slots.push(slot);
-            s
-        };
-        if level.tail == NIL {
-            level.head = s;
-        } else {
-            self.slots[level.tail as usize].next = s;
-        }
-        level.tail = s;
-        level.count += 1;
+        let level = &mut self.levels[l as usize];
+        level.queue.push_back(Entry { id, seq });
+        level.live += 1;
         level.total += u128::from(remaining);
         self.len += 1;
-        s
+        orders.insert(
+            id,
+            Order {
+                owner,
+                price,
+                remaining,
+                filled,
+                seq,
+                market,
+                level: l,
+                side,
+            },
+        );
     }
 
-    /// Unlinks slot `s` from its level (removing the level if it empties) and frees it.
-    pub(crate) fn remove(&mut self, s: u32) {
-        let Slot {
-            side,
-            price,
-            prev,
-            next,
-            remaining,
-            ..
-        } = self.slots[s as usize];
-        let levels = match side {
+    /// Accounts for an order that was just removed from `orders` (cancelled):
+    /// its queue entry turns stale; the level goes when nothing live is left,
+    /// and is compacted when stale entries outnumber live ones.
+    pub(crate) fn unrest(&mut self, order: &Order, orders: &Orders) {
+        let l = order.level;
+        let level = &mut self.levels[l as usize];
+        level.live -= 1;
+        level.total -= u128::from(order.remaining);
+        self.len -= 1;
+        if level.live == 0 {
+            self.remove_level(order.side, l);
+        } else {
+            let live = level.live as usize;
+            if level.queue.len() > 2 * live + STALE_SLACK {
+                level.queue.retain(|e| e.live(orders).is_some());
+                if level.queue.capacity() > 4 * level.queue.len() + 64 {
+                    level.queue.shrink_to(2 * level.queue.len());
+                }
+            }
+        }
+    }
+
+    /// Removes level `l` of `side`, which holds no live order.
+    #[inline]
+    pub(crate) fn remove_level(&mut self, side: Side, l: u32) {
+        let level = &mut self.levels[l as usize];
+        let price = level.price;
+        level.queue.clear();
+        if level.queue.capacity() > 256 {
+            level.queue = VecDeque::new();
+        }
+        let sides = match side {
             Side::Buy => &mut self.bids,
             Side::Sell => &mut self.asks,
         };
-        let now_empty = match levels.get_mut(&price) {
-            Some(level) => {
-                if prev == NIL {
-                    level.head = next;
-                } else {
-                    self.slots[prev as usize].next = next;
-                }
-                if next == NIL {
-                    level.tail = prev;
-                } else {
-                    self.slots[next as usize].prev = prev;
-                }
-                level.count -= 1;
-                level.total -= u128::from(remaining);
-                level.count == 0
-            }
-            None => false,
-        };
-        if now_empty {
-            levels.remove(&price);
-        }
-        self.free_slot(s);
-    }
-
-    /// Puts slot `s` on the free list.
-    #[inline]
-    pub(crate) fn free_slot(&mut self, s: u32) {
-        self.slots[s as usize].next = self.free;
-        self.free = s;
-        self.len -= 1;
+        sides.order.remove(&price);
+        sides.lookup.remove(&price);
+        self.free_levels.push(l);
     }
 }

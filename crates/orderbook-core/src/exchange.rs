@@ -1,12 +1,9 @@
 //! The exchange: all markets, the global order index and the matching algorithm.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::book::{Book, NIL, RestingOrder};
+use crate::book::{Book, Orders, RestingOrder, STALE_SLACK};
 use crate::error::Error;
 use crate::types::{
     CancelReason, Command, Event, MarketSpec, NewOrder, OrderId, OrderState, OrderStatus,
@@ -14,59 +11,8 @@ use crate::types::{
 };
 use crate::units::{Unit, UnitError};
 
-/// The most orders one book can hold (slot numbers are `u32`, `u32::MAX` means "none").
+/// The most orders one book can hold (level indexes are `u32`).
 const MAX_ORDERS_PER_BOOK: usize = (u32::MAX - 1) as usize;
-
-/// A deterministic, fixed-key hasher for order ids: a folded multiply of both
-/// halves. Results never depend on the map's iteration order, and the engine
-/// stays free of randomness.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct IdHasher(u64);
-
-#[inline]
-fn fold_mul(a: u64, b: u64) -> u64 {
-    let full = u128::from(a) * u128::from(b);
-    (full as u64) ^ ((full >> 64) as u64)
-}
-
-impl Hasher for IdHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut buf = [0u8; 8];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(buf));
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.0 = fold_mul(self.0 ^ i ^ 0x243f_6a88_85a3_08d3, 0x9e37_79b9_7f4a_7c15);
-    }
-
-    #[inline]
-    fn write_u128(&mut self, i: u128) {
-        let lo = i as u64;
-        let hi = (i >> 64) as u64;
-        self.0 = fold_mul(
-            lo ^ 0x243f_6a88_85a3_08d3,
-            hi ^ 0x1319_8a2e_0370_7344 ^ self.0,
-        );
-    }
-}
-
-/// Where a resting order lives.
-#[derive(Debug, Clone, Copy)]
-struct Location {
-    market: u32,
-    slot: u32,
-}
-
-type Index = HashMap<u128, Location, BuildHasherDefault<IdHasher>>;
 
 /// A serializable copy of an exchange's full state (see [`Exchange::snapshot`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,8 +41,10 @@ pub struct Exchange {
     books: Vec<Book>,
     /// `(name, index into books)` sorted by name, for lookup and canonical iteration.
     by_name: Vec<(String, u32)>,
-    /// Resting order id -> location.
-    index: Index,
+    /// Every resting order by id.
+    orders: Orders,
+    /// Counts queued orders; tells live queue entries from stale ones.
+    seq: u64,
 }
 
 impl Exchange {
@@ -148,7 +96,28 @@ impl Exchange {
 
     /// The number of resting orders over all markets.
     pub fn resting_orders(&self) -> usize {
-        self.index.len()
+        self.orders.len()
+    }
+
+    /// All resting orders of one side of a market in priority order (best
+    /// price first, then FIFO); `None` for an unknown market.
+    pub fn resting(&self, market: &str, side: Side) -> Option<Vec<RestingOrder>> {
+        self.market_index(market)
+            .map(|m| self.resting_of(&self.books[m], side))
+    }
+
+    fn resting_of(&self, book: &Book, side: Side) -> Vec<RestingOrder> {
+        let mut out = Vec::new();
+        book.for_each_resting(side, &self.orders, |id, o| {
+            out.push(RestingOrder {
+                id: OrderId(id),
+                owner: OwnerId(o.owner),
+                price: book.tick.to_decimal(u128::from(o.price)),
+                quantity: book.lot.to_decimal(u128::from(o.remaining)),
+                filled: book.lot.to_decimal(u128::from(o.filled)),
+            });
+        });
+        out
     }
 
     /// The state of a *resting* order (`Open` or `PartiallyFilled`).
@@ -157,9 +126,8 @@ impl Exchange {
     /// to keep memory bounded, so this returns `None` for them and for unknown
     /// ids; their final state is in the events that finished them.
     pub fn order(&self, id: OrderId) -> Option<OrderState> {
-        let loc = self.index.get(&id.0)?;
-        let book = &self.books[loc.market as usize];
-        let slot = &book.slots[loc.slot as usize];
+        let slot = self.orders.get(&id.0)?;
+        let book = &self.books[slot.market as usize];
         Some(OrderState {
             id,
             owner: OwnerId(slot.owner),
@@ -202,25 +170,27 @@ impl Exchange {
     }
 
     fn cancel(&mut self, id: OrderId, owner: OwnerId, out: &mut Vec<Event>) {
-        let Some(&loc) = self.index.get(&id.0) else {
-            out.push(Event::Rejected {
-                id,
-                reason: RejectReason::UnknownOrder,
-            });
+        match self.orders.get(&id.0) {
+            None => {
+                return out.push(Event::Rejected {
+                    id,
+                    reason: RejectReason::UnknownOrder,
+                });
+            }
+            Some(o) if o.owner != owner.0 => {
+                return out.push(Event::Rejected {
+                    id,
+                    reason: RejectReason::NotOwner,
+                });
+            }
+            Some(_) => {}
+        }
+        let Some(order) = self.orders.remove(&id.0) else {
             return;
         };
-        let book = &mut self.books[loc.market as usize];
-        let slot = &book.slots[loc.slot as usize];
-        if slot.owner != owner.0 {
-            out.push(Event::Rejected {
-                id,
-                reason: RejectReason::NotOwner,
-            });
-            return;
-        }
-        let remaining = book.lot.to_decimal(u128::from(slot.remaining));
-        book.remove(loc.slot);
-        self.index.remove(&id.0);
+        let book = &mut self.books[order.market as usize];
+        book.unrest(&order, &self.orders);
+        let remaining = book.lot.to_decimal(u128::from(order.remaining));
         out.push(Event::Cancelled {
             id,
             reason: CancelReason::Requested,
@@ -255,7 +225,7 @@ impl Exchange {
             Err(UnitError::OffGrid) => return reject(out, RejectReason::OffLot),
             Err(_) => return reject(out, RejectReason::InvalidQuantity),
         };
-        if self.index.contains_key(&id.0) {
+        if self.orders.contains_key(&id.0) {
             return reject(out, RejectReason::DuplicateOrderId);
         }
         if book.len >= MAX_ORDERS_PER_BOOK {
@@ -277,14 +247,14 @@ impl Exchange {
                 }
             }
             TimeInForce::Fok => {
-                if !book.can_fill(&taker, quantity) {
+                if !book.can_fill(&taker, quantity, &self.orders) {
                     return reject(out, RejectReason::FokUnfillable);
                 }
             }
             TimeInForce::Gtc | TimeInForce::Ioc => {}
         }
         out.push(Event::Accepted { id });
-        let (remaining, outcome) = book.take(&taker, quantity, &mut self.index, out);
+        let (remaining, outcome) = book.take(&taker, quantity, &mut self.orders, out);
         match outcome {
             TakeOutcome::SelfTradeStop => out.push(Event::Cancelled {
                 id,
@@ -294,20 +264,17 @@ impl Exchange {
             TakeOutcome::Done if remaining == 0 => out.push(Event::Filled { id }),
             TakeOutcome::Done => match (limit, order.time_in_force) {
                 (Some(price), TimeInForce::Gtc | TimeInForce::PostOnly) => {
-                    let slot = book.insert(
+                    self.seq += 1;
+                    book.insert(
+                        &mut self.orders,
+                        market as u32,
                         id.0,
                         order.owner.0,
                         order.side,
                         price,
                         remaining,
                         quantity - remaining,
-                    );
-                    self.index.insert(
-                        id.0,
-                        Location {
-                            market: market as u32,
-                            slot,
-                        },
+                        self.seq,
                     );
                     out.push(Event::Rested {
                         id,
@@ -333,8 +300,8 @@ impl Exchange {
                 .iter()
                 .map(|book| MarketSnapshot {
                     spec: book.spec.clone(),
-                    bids: book.resting(Side::Buy),
-                    asks: book.resting(Side::Sell),
+                    bids: self.resting_of(book, Side::Buy),
+                    asks: self.resting_of(book, Side::Sell),
                 })
                 .collect(),
         }
@@ -381,25 +348,28 @@ impl Exchange {
                             }
                         }
                     };
-                    if exchange.index.contains_key(&o.id.0) {
+                    if exchange.orders.contains_key(&o.id.0) {
                         return bad(format!("duplicate order id {}", o.id));
                     }
                     if book.len >= MAX_ORDERS_PER_BOOK {
                         return bad(format!("too many orders in {name}"));
                     }
-                    let slot = book.insert(o.id.0, o.owner.0, side, price, remaining, filled);
-                    exchange.index.insert(
+                    exchange.seq += 1;
+                    book.insert(
+                        &mut exchange.orders,
+                        m as u32,
                         o.id.0,
-                        Location {
-                            market: m as u32,
-                            slot,
-                        },
+                        o.owner.0,
+                        side,
+                        price,
+                        remaining,
+                        filled,
+                        exchange.seq,
                     );
                 }
             }
             let book = &exchange.books[m];
-            if let (Some((&bid, _)), Some((&ask, _))) =
-                (book.bids.last_key_value(), book.asks.first_key_value())
+            if let (Some((bid, _)), Some((ask, _))) = (book.best(Side::Buy), book.best(Side::Sell))
                 && bid >= ask
             {
                 return bad(format!("market {} is crossed", book.spec.name));
@@ -425,13 +395,13 @@ impl Exchange {
                 h.update(m.to_le_bytes());
                 h.update(s.to_le_bytes());
             }
-            for (side, levels) in [(0u8, book.bids.len()), (1u8, book.asks.len())] {
+            for (side, levels) in [(0u8, book.bids.order.len()), (1u8, book.asks.order.len())] {
                 h.update([side]);
                 h.update((levels as u64).to_le_bytes());
                 let side = if side == 0 { Side::Buy } else { Side::Sell };
                 let mut buf = [0u8; 48];
-                book.for_each_resting(side, |slot| {
-                    buf[0..16].copy_from_slice(&slot.id.to_le_bytes());
+                book.for_each_resting(side, &self.orders, |id, slot| {
+                    buf[0..16].copy_from_slice(&id.to_le_bytes());
                     buf[16..24].copy_from_slice(&slot.owner.to_le_bytes());
                     buf[24..32].copy_from_slice(&slot.price.to_le_bytes());
                     buf[32..40].copy_from_slice(&slot.remaining.to_le_bytes());
@@ -444,52 +414,61 @@ impl Exchange {
     }
 
     /// Checks the internal consistency of every book: not crossed, levels'
-    /// totals and counts match their orders, links are consistent, every
-    /// resting order is indexed and has a positive remainder. Meant for tests
-    /// and for nodes that verify their state; costs a pass over all orders.
+    /// totals and counts match their live orders, every resting order is in
+    /// its level's queue exactly once and has a positive remainder, stale
+    /// queue entries stay bounded. Meant for tests and for nodes that verify
+    /// their state; costs a pass over all orders.
     pub fn check_invariants(&self) -> Result<(), Error> {
         let fail = |msg: String| Err(Error::Invariant(msg));
         let mut seen = 0usize;
         for (m, book) in self.books.iter().enumerate() {
             let name = &book.spec.name;
-            if let (Some((&bid, _)), Some((&ask, _))) =
-                (book.bids.last_key_value(), book.asks.first_key_value())
+            if let (Some((bid, _)), Some((ask, _))) = (book.best(Side::Buy), book.best(Side::Sell))
                 && bid >= ask
             {
                 return fail(format!("{name}: crossed book, bid {bid} >= ask {ask}"));
             }
             let mut count = 0usize;
             for (side, levels) in [(Side::Buy, &book.bids), (Side::Sell, &book.asks)] {
-                for (&price, level) in levels {
-                    let (mut n, mut total, mut prev, mut s) = (0u32, 0u128, NIL, level.head);
-                    while s != NIL {
-                        let Some(slot) = book.slots.get(s as usize) else {
-                            return fail(format!("{name}: dangling slot {s}"));
+                if levels.lookup.len() != levels.order.len() {
+                    return fail(format!("{name}: level maps disagree"));
+                }
+                for (&price, &l) in &levels.order {
+                    let Some(level) = book.levels.get(l as usize) else {
+                        return fail(format!("{name}: dangling level {l}"));
+                    };
+                    if levels.lookup.get(&price) != Some(&l) || level.price != price {
+                        return fail(format!("{name}: level {price} is not where its maps say"));
+                    }
+                    let (mut n, mut total) = (0u32, 0u128);
+                    for e in &level.queue {
+                        let Some(o) = e.live(&self.orders) else {
+                            continue;
                         };
-                        if slot.prev != prev || slot.price != price || slot.side != side {
-                            return fail(format!("{name}: broken link at order {}", slot.id));
-                        }
-                        if slot.remaining == 0 {
+                        if o.price != price
+                            || o.side != side
+                            || o.level != l
+                            || o.market as usize != m
+                        {
                             return fail(format!(
-                                "{name}: order {} rests with nothing left",
-                                slot.id
+                                "{name}: order {} is queued in the wrong level",
+                                e.id
                             ));
                         }
-                        match self.index.get(&slot.id) {
-                            Some(loc) if loc.market as usize == m && loc.slot == s => {}
-                            _ => return fail(format!("{name}: order {} not indexed", slot.id)),
+                        if o.remaining == 0 {
+                            return fail(format!("{name}: order {} rests with nothing left", e.id));
                         }
                         n += 1;
-                        total += u128::from(slot.remaining);
-                        prev = s;
-                        s = slot.next;
-                        if n > level.count {
-                            return fail(format!("{name}: level {price} has a cycle"));
-                        }
+                        total += u128::from(o.remaining);
                     }
-                    if n == 0 || n != level.count || total != level.total || prev != level.tail {
+                    if n == 0 || n != level.live || total != level.total {
                         return fail(format!(
                             "{name}: level {price} totals do not match its orders"
+                        ));
+                    }
+                    if level.queue.len() > 2 * n as usize + STALE_SLACK {
+                        return fail(format!(
+                            "{name}: level {price} holds too many stale entries"
                         ));
                     }
                     count += n as usize;
@@ -497,16 +476,16 @@ impl Exchange {
             }
             if count != book.len {
                 return fail(format!(
-                    "{name}: {count} orders on the book, {} counted",
+                    "{name}: {count} orders queued, {} counted",
                     book.len
                 ));
             }
             seen += count;
         }
-        if seen != self.index.len() {
+        if seen != self.orders.len() {
             return fail(format!(
-                "{} orders indexed, {seen} on books",
-                self.index.len()
+                "{} orders indexed, {seen} queued",
+                self.orders.len()
             ));
         }
         Ok(())
@@ -552,45 +531,35 @@ impl Book {
     /// Whether an order on `side` at `price` ticks would trade on arrival.
     fn crosses(&self, side: Side, price: u64) -> bool {
         match side {
-            Side::Buy => self.asks.keys().next().is_some_and(|&ask| ask <= price),
-            Side::Sell => self
-                .bids
-                .keys()
-                .next_back()
-                .is_some_and(|&bid| bid >= price),
+            Side::Buy => self.best(Side::Sell).is_some_and(|(ask, _)| ask <= price),
+            Side::Sell => self.best(Side::Buy).is_some_and(|(bid, _)| bid >= price),
         }
     }
 
     /// Whether `taker` would fill `quantity` completely right now (for fill-or-kill),
     /// taking self-trade prevention into account.
-    fn can_fill(&self, taker: &Taker, quantity: u64) -> bool {
+    fn can_fill(&self, taker: &Taker, quantity: u64, orders: &Orders) -> bool {
         let mut available: u64 = 0;
-        let mut visit = |(&price, level): (&u64, &crate::book::Level)| -> Option<bool> {
-            if !taker.accepts(price) {
-                return Some(false);
+        for l in self.level_indexes(taker.side.opposite()) {
+            let level = &self.levels[l as usize];
+            if !taker.accepts(level.price) {
+                return false;
             }
-            let mut s = level.head;
-            while s != NIL {
-                let slot = &self.slots[s as usize];
-                if taker.prevents(slot.owner) {
+            for e in &level.queue {
+                let Some(o) = e.live(orders) else { continue };
+                if taker.prevents(o.owner) {
                     if taker.stp == SelfTradePrevention::CancelIncoming {
-                        return Some(false);
+                        return false;
                     }
                 } else {
-                    available = available.saturating_add(slot.remaining);
+                    available = available.saturating_add(o.remaining);
                     if available >= quantity {
-                        return Some(true);
+                        return true;
                     }
                 }
-                s = slot.next;
             }
-            None
-        };
-        let found = match taker.side {
-            Side::Buy => self.asks.iter().find_map(&mut visit),
-            Side::Sell => self.bids.iter().rev().find_map(&mut visit),
-        };
-        found.unwrap_or(false)
+        }
+        false
     }
 
     /// Matches `taker` for up to `quantity` lots against the other side, at the
@@ -599,51 +568,40 @@ impl Book {
         &mut self,
         taker: &Taker,
         mut remaining: u64,
-        index: &mut Index,
+        orders: &mut Orders,
         out: &mut Vec<Event>,
     ) -> (u64, TakeOutcome) {
-        let Book {
-            spec,
-            tick,
-            lot,
-            bids,
-            asks,
-            slots,
-            free,
-            len,
-        } = self;
-        let levels = match taker.side {
-            Side::Buy => asks,
-            Side::Sell => bids,
-        };
+        let maker_side = taker.side.opposite();
         while remaining > 0 {
-            let entry = match taker.side {
-                Side::Buy => levels.first_entry(),
-                Side::Sell => levels.last_entry(),
+            let Some((price, l)) = self.best(maker_side) else {
+                break;
             };
-            let Some(mut entry) = entry else { break };
-            let price = *entry.key();
             if !taker.accepts(price) {
                 break;
             }
-            let level = entry.get_mut();
-            let price_dec = tick.to_decimal(u128::from(price));
+            let price_dec = self.tick.to_decimal(u128::from(price));
             let mut stop = false;
-            while remaining > 0 && level.head != NIL {
-                let s = level.head;
-                let maker = &mut slots[s as usize];
-                let done = if taker.prevents(maker.owner) {
+            let level = &mut self.levels[l as usize];
+            while remaining > 0 {
+                let Some(&entry) = level.queue.front() else {
+                    break;
+                };
+                let Some(maker) = orders.get_mut(&entry.id).filter(|o| o.seq == entry.seq) else {
+                    // A stale entry of a cancelled order.
+                    level.queue.pop_front();
+                    continue;
+                };
+                if taker.prevents(maker.owner) {
                     if taker.stp == SelfTradePrevention::CancelIncoming {
                         stop = true;
                         break;
                     }
                     out.push(Event::Cancelled {
-                        id: OrderId(maker.id),
+                        id: OrderId(entry.id),
                         reason: CancelReason::SelfTrade,
-                        remaining: lot.to_decimal(u128::from(maker.remaining)),
+                        remaining: self.lot.to_decimal(u128::from(maker.remaining)),
                     });
                     level.total -= u128::from(maker.remaining);
-                    true
                 } else {
                     let q = remaining.min(maker.remaining);
                     maker.remaining -= q;
@@ -651,42 +609,33 @@ impl Book {
                     remaining -= q;
                     level.total -= u128::from(q);
                     out.push(Event::Trade {
-                        market: spec.name.clone(),
-                        maker: OrderId(maker.id),
+                        market: self.spec.name.clone(),
+                        maker: OrderId(entry.id),
                         taker: OrderId(taker.id),
                         maker_owner: OwnerId(maker.owner),
                         taker_owner: OwnerId(taker.owner),
                         price: price_dec,
-                        quantity: lot.to_decimal(u128::from(q)),
+                        quantity: self.lot.to_decimal(u128::from(q)),
                         taker_side: taker.side,
                     });
-                    if maker.remaining == 0 {
-                        out.push(Event::Filled {
-                            id: OrderId(maker.id),
-                        });
-                        true
-                    } else {
-                        false
+                    if maker.remaining > 0 {
+                        continue;
                     }
-                };
-                if done {
-                    // Pop the head and free its slot.
-                    let (id, next) = (maker.id, maker.next);
-                    index.remove(&id);
-                    level.head = next;
-                    if next == NIL {
-                        level.tail = NIL;
-                    } else {
-                        slots[next as usize].prev = NIL;
-                    }
-                    level.count -= 1;
-                    slots[s as usize].next = *free;
-                    *free = s;
-                    *len -= 1;
+                    out.push(Event::Filled {
+                        id: OrderId(entry.id),
+                    });
                 }
+                // The maker is finished: it leaves the queue, its level and the map.
+                orders.remove(&entry.id);
+                level.queue.pop_front();
+                level.live -= 1;
+                self.len -= 1;
             }
-            if level.head == NIL {
-                entry.remove();
+            if level.live == 0 {
+                self.remove_level(maker_side, l);
+            } else if level.queue.len() > 2 * level.live as usize + STALE_SLACK {
+                let orders: &Orders = orders;
+                level.queue.retain(|e| e.live(orders).is_some());
             }
             if stop {
                 return (remaining, TakeOutcome::SelfTradeStop);

@@ -95,12 +95,14 @@
 //! {"event":"rested","id":"7","price":"100.25","quantity":"1.5"}
 //! {"event":"trade","maker":"7","taker":"8","price":"100.25","quantity":"0.5"}
 //! {"event":"filled","id":"8"}
-//! {"event":"cancelled","id":"7","reason":"requested","remaining":"1.0"}
+//! {"event":"cancelled","id":"7","reason":"requested","remaining":"1"}
 //! {"event":"rejected","id":"9","reason":"off_tick"}
 //! {"event":"book","bids":[["price","quantity"]],"asks":[]}
 //! ```
 //! The final `book` line lists the levels aggregated, best first. A line that
 //! cannot be parsed yields `{"event":"error","line":N,"message":"..."}` and is skipped.
+//! Decimals are printed normalized (no trailing zeros); market orders without
+//! `time_in_force` are `ioc`, limit orders without it `gtc`.
 
 mod book;
 mod error;

@@ -64,7 +64,46 @@ impl Unit {
         // Positive, so the mantissa is positive and fits in 96 bits.
         let m = value.mantissa().unsigned_abs();
         let s = value.scale();
-        let units = if s <= self.scale {
+        let units = match self.fast_units(m, s) {
+            Some(units) => units?,
+            None => self.slow_units(m, s)?,
+        };
+        match u64::try_from(units) {
+            Ok(u) if u <= MAX_UNITS => Ok(u),
+            _ => Err(UnitError::TooLarge),
+        }
+    }
+
+    /// The common case in 64-bit arithmetic (a unit of the form 10^-k needs no
+    /// division at all when the value has the unit's scale). `None` when the
+    /// numbers do not fit; then [`Unit::slow_units`] decides.
+    #[inline]
+    fn fast_units(self, m: u128, s: u32) -> Option<Result<u128, UnitError>> {
+        let m = u64::try_from(m).ok()?;
+        let unit = u64::try_from(self.mantissa).ok()?;
+        if s <= self.scale {
+            let num = m.checked_mul(u64::try_from(POW10[(self.scale - s) as usize]).ok()?)?;
+            if unit == 1 {
+                return Some(Ok(u128::from(num)));
+            }
+            Some(if num % unit == 0 {
+                Ok(u128::from(num / unit))
+            } else {
+                Err(UnitError::OffGrid)
+            })
+        } else {
+            let den = unit.checked_mul(u64::try_from(POW10[(s - self.scale) as usize]).ok()?)?;
+            Some(if m % den == 0 {
+                Ok(u128::from(m / den))
+            } else {
+                Err(UnitError::OffGrid)
+            })
+        }
+    }
+
+    /// The general case in 128-bit arithmetic.
+    fn slow_units(self, m: u128, s: u32) -> Result<u128, UnitError> {
+        if s <= self.scale {
             // value / unit = m * 10^(unit_scale - s) / unit_mantissa
             let num = m
                 .checked_mul(POW10[(self.scale - s) as usize])
@@ -72,7 +111,7 @@ impl Unit {
             if !num.is_multiple_of(self.mantissa) {
                 return Err(UnitError::OffGrid);
             }
-            num / self.mantissa
+            Ok(num / self.mantissa)
         } else {
             // value / unit = m / (unit_mantissa * 10^(s - unit_scale)); an
             // overflowing denominator is larger than any mantissa, so off grid.
@@ -83,11 +122,7 @@ impl Unit {
             if !m.is_multiple_of(den) {
                 return Err(UnitError::OffGrid);
             }
-            m / den
-        };
-        match u64::try_from(units) {
-            Ok(u) if u <= MAX_UNITS => Ok(u),
-            _ => Err(UnitError::TooLarge),
+            Ok(m / den)
         }
     }
 

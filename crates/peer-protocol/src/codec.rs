@@ -3,9 +3,9 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::Error;
 use crate::limits::MAX_FRAME_LEN;
 use crate::message::{Message, decode, encode_into};
-use crate::Error;
 
 /// The length of the frame prefix: a big-endian `u32` payload length.
 const PREFIX_LEN: usize = 4;
@@ -134,13 +134,17 @@ impl Encoder<Bytes> for Codec {
 
     fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> Result<(), Error> {
         let Some(prefix) = frame.get(..PREFIX_LEN) else {
-            return Err(Error::InvalidMessage("not a frame: shorter than its prefix"));
+            return Err(Error::InvalidMessage(
+                "not a frame: shorter than its prefix",
+            ));
         };
         let mut raw = [0u8; PREFIX_LEN];
         raw.copy_from_slice(prefix);
         let len = frame.len() - PREFIX_LEN;
         if u32::from_be_bytes(raw) as usize != len {
-            return Err(Error::InvalidMessage("not a frame: prefix does not match length"));
+            return Err(Error::InvalidMessage(
+                "not a frame: prefix does not match length",
+            ));
         }
         if len > self.max_frame_len {
             return Err(Error::FrameTooLarge {

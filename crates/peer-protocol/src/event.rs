@@ -4,12 +4,12 @@ use orderbook_core::{OrderType, Side, TimeInForce};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
 use crate::identity::{Identity, NodeId, Signature, verify};
 use crate::limits::{
     MAX_CLIENT_ORDER_ID_LEN, MAX_EVENTS_PER_BATCH, MAX_MARKET_LEN, MAX_MEMBERS, MAX_NETWORK_ID_LEN,
     check_len,
 };
-use crate::Error;
 
 /// The domain tag in front of the canonical encoding of a batch's events when it is signed.
 const BATCH_DOMAIN: &[u8] = b"p2p-exchange/batch/v1\0";
@@ -179,7 +179,11 @@ impl SignedBatch {
         for event in &self.events {
             event.check_limits()?;
         }
-        verify(&self.origin(), &signed_bytes(&self.events)?, &self.signature)?;
+        verify(
+            &self.origin(),
+            &signed_bytes(&self.events)?,
+            &self.signature,
+        )?;
         Ok(VerifiedBatch(self))
     }
 

@@ -162,7 +162,9 @@ impl<'de> Deserialize<'de> for Signature {
 
 /// This node's ed25519 signing key.
 ///
-/// `Debug` prints only the node id: the secret never reaches a log line.
+/// `Debug` prints only the node id: the secret never reaches a log line, and the key is
+/// zeroized when dropped. Share one identity between tasks with an `Arc` rather than clones.
+#[derive(Clone)]
 pub struct Identity {
     key: SigningKey,
     node_id: NodeId,
@@ -410,10 +412,16 @@ mod tests {
         let sig = identity.sign(b"hello");
         let json = serde_json::to_string(&(id, sig)).unwrap();
         assert!(json.contains(&id.to_string()));
-        assert_eq!(serde_json::from_str::<(NodeId, Signature)>(&json).unwrap(), (id, sig));
+        assert_eq!(
+            serde_json::from_str::<(NodeId, Signature)>(&json).unwrap(),
+            (id, sig)
+        );
         let bin = postcard::to_allocvec(&(id, sig)).unwrap();
         assert_eq!(bin.len(), 32 + 1 + 64);
-        assert_eq!(postcard::from_bytes::<(NodeId, Signature)>(&bin).unwrap(), (id, sig));
+        assert_eq!(
+            postcard::from_bytes::<(NodeId, Signature)>(&bin).unwrap(),
+            (id, sig)
+        );
     }
 
     #[test]
@@ -422,8 +430,14 @@ mod tests {
         let bob = Identity::from_secret_bytes(&[2; 32]);
         let sig = alice.sign(b"msg");
         verify(&alice.node_id(), b"msg", &sig).unwrap();
-        assert!(matches!(verify(&alice.node_id(), b"msh", &sig), Err(Error::BadSignature)));
-        assert!(matches!(verify(&bob.node_id(), b"msg", &sig), Err(Error::BadSignature)));
+        assert!(matches!(
+            verify(&alice.node_id(), b"msh", &sig),
+            Err(Error::BadSignature)
+        ));
+        assert!(matches!(
+            verify(&bob.node_id(), b"msg", &sig),
+            Err(Error::BadSignature)
+        ));
         let mut bytes = *sig.as_bytes();
         bytes[10] ^= 1;
         assert!(verify(&alice.node_id(), b"msg", &Signature::from_bytes(bytes)).is_err());
@@ -431,16 +445,28 @@ mod tests {
 
     #[test]
     fn generated_identities_differ() {
-        assert_ne!(Identity::generate().node_id(), Identity::generate().node_id());
+        assert_ne!(
+            Identity::generate().node_id(),
+            Identity::generate().node_id()
+        );
     }
 
     #[test]
     fn transcripts_are_domain_separated() {
         let id = Identity::from_secret_bytes(&[3; 32]).node_id();
         let nonce = [5; 32];
-        assert_ne!(handshake_transcript("a", &id, &nonce), handshake_transcript("b", &id, &nonce));
-        assert_ne!(handshake_transcript("ab", &id, &nonce)[..], join_transcript("ab", &id)[..]);
-        assert_ne!(vote_transcript("n", &id, 1, 2), vote_transcript("n", &id, 2, 1));
+        assert_ne!(
+            handshake_transcript("a", &id, &nonce),
+            handshake_transcript("b", &id, &nonce)
+        );
+        assert_ne!(
+            handshake_transcript("ab", &id, &nonce)[..],
+            join_transcript("ab", &id)[..]
+        );
+        assert_ne!(
+            vote_transcript("n", &id, 1, 2),
+            vote_transcript("n", &id, 2, 1)
+        );
     }
 
     #[test]
@@ -476,8 +502,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.key");
         std::fs::write(&path, [1u8; 31]).unwrap();
-        assert!(matches!(Identity::load_or_create(&path), Err(Error::Key(_))));
+        assert!(matches!(
+            Identity::load_or_create(&path),
+            Err(Error::Key(_))
+        ));
         std::fs::write(&path, [1u8; 33]).unwrap();
-        assert!(matches!(Identity::load_or_create(&path), Err(Error::Key(_))));
+        assert!(matches!(
+            Identity::load_or_create(&path),
+            Err(Error::Key(_))
+        ));
     }
 }

@@ -1,20 +1,19 @@
 //! The one message type of the peer protocol, and its encoding.
 
-use std::net::SocketAddr;
-
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use vector_clock::VectorClock;
 
+use crate::Error;
 use crate::event::{SignedBatch, SignedFrontier};
-use crate::identity::{NodeId, Signature};
+use crate::identity::{Identity, NodeId, Signature, handshake_transcript, verify};
 use crate::limits::{
     MAX_AGENT_LEN, MAX_BATCHES_PER_SYNC, MAX_GOODBYE_TEXT_LEN, MAX_MEMBERS, MAX_NETWORK_ID_LEN,
     MAX_PEERS_PER_MESSAGE, check_len,
 };
-use crate::Error;
 
 /// The protocol version this crate speaks, sent in [`Hello`].
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -48,6 +47,58 @@ pub struct HelloAck {
     /// The sender's signature over
     /// [`handshake_transcript`](crate::handshake_transcript)`(network_id, sender, other side's nonce)`.
     pub signature: Signature,
+}
+
+impl Hello {
+    /// A `Hello` from `identity` with this crate's [`PROTOCOL_VERSION`] and a fresh random nonce
+    /// (from the operating system; [`Error::Key`] if it is unavailable).
+    pub fn new(
+        identity: &Identity,
+        network_id: impl Into<String>,
+        market_hash: [u8; 32],
+        listen_port: u16,
+        agent: impl Into<String>,
+    ) -> Result<Hello, Error> {
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce).map_err(|e| Error::Key(format!("system rng: {e}")))?;
+        Ok(Hello {
+            version: PROTOCOL_VERSION,
+            network_id: network_id.into(),
+            market_hash,
+            node_id: identity.node_id(),
+            listen_port,
+            nonce,
+            agent: agent.into(),
+        })
+    }
+}
+
+impl HelloAck {
+    /// `identity`'s answer to the other side's `Hello` carrying `peer_nonce`.
+    pub fn new(identity: &Identity, network_id: &str, peer_nonce: &[u8; 32]) -> HelloAck {
+        HelloAck {
+            signature: identity.sign(&handshake_transcript(
+                network_id,
+                &identity.node_id(),
+                peer_nonce,
+            )),
+        }
+    }
+
+    /// Checks that the peer which claimed `signer` in its `Hello` signed the nonce this side
+    /// sent (`my_nonce`) for `network_id`: [`Error::BadSignature`] otherwise.
+    pub fn verify(
+        &self,
+        network_id: &str,
+        signer: &NodeId,
+        my_nonce: &[u8; 32],
+    ) -> Result<(), Error> {
+        verify(
+            signer,
+            &handshake_transcript(network_id, signer, my_nonce),
+            &self.signature,
+        )
+    }
 }
 
 /// A peer address shared in peer exchange.
@@ -220,7 +271,11 @@ impl Message {
     pub fn check_limits(&self) -> Result<(), Error> {
         match self {
             Message::Hello(hello) => {
-                check_len("hello network_id", hello.network_id.len(), MAX_NETWORK_ID_LEN)?;
+                check_len(
+                    "hello network_id",
+                    hello.network_id.len(),
+                    MAX_NETWORK_ID_LEN,
+                )?;
                 check_len("hello agent", hello.agent.len(), MAX_AGENT_LEN)
             }
             Message::Peers(peers) => check_len("peers", peers.len(), MAX_PEERS_PER_MESSAGE),
@@ -262,7 +317,9 @@ fn check_clock(clock: &VectorClock<NodeId>) -> Result<(), Error> {
 /// `(node, counter)` pairs), stopping at [`MAX_MEMBERS`] + 1 entries: a hostile peer cannot make
 /// the decoder do more than linear work in the members limit, whatever the frame holds. A
 /// repeated node is an error, as in `vector_clock` itself.
-fn bounded_clock<'de, D: Deserializer<'de>>(deserializer: D) -> Result<VectorClock<NodeId>, D::Error> {
+fn bounded_clock<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<VectorClock<NodeId>, D::Error> {
     struct ClockVisitor;
 
     impl<'de> Visitor<'de> for ClockVisitor {

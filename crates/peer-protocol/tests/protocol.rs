@@ -9,8 +9,8 @@ use orderbook_core::{OrderType, Side, TimeInForce};
 use peer_protocol::{
     Codec, Error, Event, EventBody, GoodbyeReason, Hello, HelloAck, Identity, KNOWN_MESSAGE_TAGS,
     MAX_EVENTS_PER_BATCH, MAX_FRAME_LEN, MAX_PEERS_PER_MESSAGE, Message, NodeId, PeerAddress,
-    PlaceOrder, Signature, SignedBatch, SignedFrontier, decode, encode,
-    handshake_transcript, join_transcript, verify, vote_transcript,
+    PlaceOrder, Signature, SignedBatch, SignedFrontier, decode, encode, handshake_transcript,
+    join_transcript, verify, vote_transcript,
 };
 use proptest::prelude::*;
 use rust_decimal::Decimal;
@@ -35,7 +35,8 @@ fn signature() -> impl Strategy<Value = Signature> {
 
 /// Strings of up to `max` bytes, including multi-byte characters.
 fn text(max: usize) -> impl Strategy<Value = String> {
-    proptest::collection::vec(any::<char>(), 0..=max / 4).prop_map(|chars| chars.into_iter().collect())
+    proptest::collection::vec(any::<char>(), 0..=max / 4)
+        .prop_map(|chars| chars.into_iter().collect())
 }
 
 fn decimal() -> impl Strategy<Value = Decimal> {
@@ -221,23 +222,32 @@ fn message() -> impl Strategy<Value = Message> {
             proptest::collection::vec(node_id(), 0..5),
             clock()
         )
-            .prop_map(|(genesis, has_orders, members, clock)| Message::NetworkInfo {
-                genesis,
-                has_orders,
-                members,
-                clock
-            }),
+            .prop_map(
+                |(genesis, has_orders, members, clock)| Message::NetworkInfo {
+                    genesis,
+                    has_orders,
+                    members,
+                    clock
+                }
+            ),
         (node_id(), signature())
             .prop_map(|(node_id, signature)| Message::JoinRequest { node_id, signature }),
-        (node_id(), node_id(), any::<u64>(), any::<u64>(), signature()).prop_map(
-            |(voter, target, epoch, last_seq, signature)| Message::Vote {
-                voter,
-                target,
-                epoch,
-                last_seq,
-                signature
-            }
-        ),
+        (
+            node_id(),
+            node_id(),
+            any::<u64>(),
+            any::<u64>(),
+            signature()
+        )
+            .prop_map(
+                |(voter, target, epoch, last_seq, signature)| Message::Vote {
+                    voter,
+                    target,
+                    epoch,
+                    last_seq,
+                    signature
+                }
+            ),
         goodbye_reason().prop_map(|reason| Message::Goodbye { reason }),
     ]
 }
@@ -278,7 +288,11 @@ fn order_event(origin: NodeId, seq: u64, lamport: u64) -> Event {
         body: EventBody::Place(PlaceOrder {
             client_order_id: Some(format!("client-{seq}")),
             market: "BTC-USD".into(),
-            side: if seq % 2 == 0 { Side::Buy } else { Side::Sell },
+            side: if seq.is_multiple_of(2) {
+                Side::Buy
+            } else {
+                Side::Sell
+            },
             order_type: OrderType::Limit,
             price: Some(Decimal::new(10_050, 2)),
             quantity: Decimal::new(2, 0),
@@ -461,7 +475,10 @@ fn wire_format_is_stable() {
     assert_eq!(encode(&Message::Ping { nonce: 7 }).unwrap(), [2, 7]);
     assert_eq!(encode(&Message::GetPeers).unwrap(), [4]);
     assert_eq!(
-        encode(&Message::Goodbye { reason: GoodbyeReason::Shutdown }).unwrap(),
+        encode(&Message::Goodbye {
+            reason: GoodbyeReason::Shutdown
+        })
+        .unwrap(),
         [14, 0]
     );
     assert_eq!(
@@ -472,7 +489,9 @@ fn wire_format_is_stable() {
 
 #[test]
 fn the_last_known_tag_is_one_below_known_message_tags() {
-    let goodbye = Message::Goodbye { reason: GoodbyeReason::Evicted };
+    let goodbye = Message::Goodbye {
+        reason: GoodbyeReason::Evicted,
+    };
     assert_eq!(goodbye.tag(), KNOWN_MESSAGE_TAGS - 1);
     assert_eq!(encode(&goodbye).unwrap()[0] as u32, KNOWN_MESSAGE_TAGS - 1);
 }
@@ -486,7 +505,10 @@ fn unknown_tags_are_reported_as_unknown_messages() {
         (vec![0xff, 0xff, 0xff, 0xff, 0x0f], u32::MAX),
     ] {
         let err = decode(&bytes).unwrap_err();
-        assert!(matches!(err, Error::UnknownMessage { tag: t } if t == tag), "{bytes:?}: {err}");
+        assert!(
+            matches!(err, Error::UnknownMessage { tag: t } if t == tag),
+            "{bytes:?}: {err}"
+        );
         assert!(!err.is_misbehaviour());
     }
     // A tag that is not a valid varint u32 is a decode failure, not an unknown message.
@@ -502,7 +524,10 @@ fn the_codec_skips_unknown_messages_and_keeps_the_stream_in_sync() {
     let mut codec = Codec::default();
     let mut buf = frame(&[200, 1, 0x42, 7]); // tag 200 from a future version
     buf.extend_from_slice(&frame(&encode(&Message::Ping { nonce: 9 }).unwrap()));
-    assert_eq!(codec.decode(&mut buf).unwrap(), Some(Message::Ping { nonce: 9 }));
+    assert_eq!(
+        codec.decode(&mut buf).unwrap(),
+        Some(Message::Ping { nonce: 9 })
+    );
     assert_eq!(codec.skipped_unknown(), 1);
     assert!(buf.is_empty());
 }
@@ -520,15 +545,27 @@ fn oversize_frames_are_refused_from_the_prefix_alone() {
     let mut buf = BytesMut::with_capacity(8);
     buf.extend_from_slice(&1025u32.to_be_bytes());
     let err = codec.decode(&mut buf).unwrap_err();
-    assert!(matches!(err, Error::FrameTooLarge { len: 1025, max: 1024 }));
+    assert!(matches!(
+        err,
+        Error::FrameTooLarge {
+            len: 1025,
+            max: 1024
+        }
+    ));
     assert!(err.is_misbehaviour());
-    assert!(buf.capacity() < 1024, "nothing was reserved for the claimed frame");
+    assert!(
+        buf.capacity() < 1024,
+        "nothing was reserved for the claimed frame"
+    );
 
     let mut codec = Codec::default();
     let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
     assert!(matches!(
         codec.decode(&mut buf),
-        Err(Error::FrameTooLarge { max: MAX_FRAME_LEN, .. })
+        Err(Error::FrameTooLarge {
+            max: MAX_FRAME_LEN,
+            ..
+        })
     ));
 
     // An exactly maximal frame still waits for its payload, without reserving it up front.
@@ -542,7 +579,9 @@ fn oversize_frames_are_refused_from_the_prefix_alone() {
 #[test]
 fn the_encoder_refuses_frames_the_peer_would_refuse() {
     let mut codec = Codec::new(16);
-    let hello = Message::Goodbye { reason: GoodbyeReason::Other("x".repeat(100)) };
+    let hello = Message::Goodbye {
+        reason: GoodbyeReason::Other("x".repeat(100)),
+    };
     let mut buf = BytesMut::new();
     assert!(matches!(
         codec.encode(&hello, &mut buf),
@@ -574,13 +613,17 @@ async fn framed_streams_carry_messages_both_ways() {
     let mut reader = FramedRead::new(server, Codec::default());
     let batch = SignedBatch::sign(
         &alice(),
-        (1..=40).map(|seq| order_event(alice().node_id(), seq, seq * 2)).collect(),
+        (1..=40)
+            .map(|seq| order_event(alice().node_id(), seq, seq * 2))
+            .collect(),
     )
     .unwrap();
     let sent = vec![
         Message::Ping { nonce: 1 },
         Message::Batch(batch),
-        Message::Goodbye { reason: GoodbyeReason::Shutdown },
+        Message::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+        },
     ];
     let to_send = sent.clone();
     let writing = tokio::spawn(async move {
@@ -606,8 +649,13 @@ async fn framed_streams_carry_messages_both_ways() {
 #[test]
 fn lists_and_strings_beyond_their_limits_are_refused_on_both_sides() {
     let addr: SocketAddr = "127.0.0.1:3000".parse().unwrap();
-    let too_many_peers =
-        Message::Peers(vec![PeerAddress { addr, node_id: None }; MAX_PEERS_PER_MESSAGE + 1]);
+    let too_many_peers = Message::Peers(vec![
+        PeerAddress {
+            addr,
+            node_id: None
+        };
+        MAX_PEERS_PER_MESSAGE + 1
+    ]);
     let long_agent = Message::Hello(Hello {
         version: 1,
         network_id: "main".into(),
@@ -629,17 +677,33 @@ fn lists_and_strings_beyond_their_limits_are_refused_on_both_sides() {
     if let EventBody::Place(place) = &mut order.body {
         place.market = "M".repeat(33);
     }
-    let long_market = Message::Batch(SignedBatch::from_parts(vec![order], Signature::from_bytes([0; 64])).unwrap());
+    let long_market = Message::Batch(
+        SignedBatch::from_parts(vec![order], Signature::from_bytes([0; 64])).unwrap(),
+    );
     for message in [too_many_peers, long_agent, long_network, long_market] {
-        assert!(matches!(encode(&message), Err(Error::LimitExceeded { .. })), "{}", message.kind());
+        assert!(
+            matches!(encode(&message), Err(Error::LimitExceeded { .. })),
+            "{}",
+            message.kind()
+        );
         // Bypass the encoder's check, as a hostile peer would.
         let raw = postcard::to_allocvec(&message).unwrap();
         let err = decode(&raw).unwrap_err();
-        assert!(matches!(err, Error::LimitExceeded { .. }), "{}: {err}", message.kind());
+        assert!(
+            matches!(err, Error::LimitExceeded { .. }),
+            "{}: {err}",
+            message.kind()
+        );
         assert!(err.is_misbehaviour());
     }
     // The limits themselves are accepted.
-    let peers = Message::Peers(vec![PeerAddress { addr, node_id: None }; MAX_PEERS_PER_MESSAGE]);
+    let peers = Message::Peers(vec![
+        PeerAddress {
+            addr,
+            node_id: None
+        };
+        MAX_PEERS_PER_MESSAGE
+    ]);
     assert_eq!(decode(&encode(&peers).unwrap()).unwrap(), peers);
 }
 
@@ -648,7 +712,12 @@ fn empty_and_oversize_batches_cannot_be_built_or_decoded() {
     let sig = Signature::from_bytes([0; 64]);
     assert!(SignedBatch::from_parts(vec![], sig).is_none());
     let many: Vec<Event> = (1..=MAX_EVENTS_PER_BATCH as u64 + 1)
-        .map(|seq| Event { origin: alice().node_id(), seq, lamport: seq, body: EventBody::Leave })
+        .map(|seq| Event {
+            origin: alice().node_id(),
+            seq,
+            lamport: seq,
+            body: EventBody::Leave,
+        })
         .collect();
     assert!(SignedBatch::from_parts(many.clone(), sig).is_none());
     assert!(SignedBatch::sign(&alice(), many.clone()).is_err());
@@ -672,14 +741,29 @@ fn batch_structure_is_checked_before_signing_and_on_verify() {
         ("lamport 0", vec![order_event(a, 1, 0)]),
         ("gap", vec![order_event(a, 1, 1), order_event(a, 3, 2)]),
         ("repeat", vec![order_event(a, 1, 1), order_event(a, 1, 2)]),
-        ("lamport equal", vec![order_event(a, 1, 5), order_event(a, 2, 5)]),
-        ("lamport down", vec![order_event(a, 1, 5), order_event(a, 2, 4)]),
-        ("two origins", vec![order_event(a, 1, 1), order_event(b, 2, 2)]),
-        ("seq overflow", vec![order_event(a, u64::MAX, 1), order_event(a, 0, 2)]),
+        (
+            "lamport equal",
+            vec![order_event(a, 1, 5), order_event(a, 2, 5)],
+        ),
+        (
+            "lamport down",
+            vec![order_event(a, 1, 5), order_event(a, 2, 4)],
+        ),
+        (
+            "two origins",
+            vec![order_event(a, 1, 1), order_event(b, 2, 2)],
+        ),
+        (
+            "seq overflow",
+            vec![order_event(a, u64::MAX, 1), order_event(a, 0, 2)],
+        ),
     ];
     for (name, events) in cases {
         assert!(
-            matches!(SignedBatch::sign(&alice(), events.clone()), Err(Error::InvalidBatch(_))),
+            matches!(
+                SignedBatch::sign(&alice(), events.clone()),
+                Err(Error::InvalidBatch(_))
+            ),
             "{name}"
         );
         let forged = SignedBatch::from_parts(events, Signature::from_bytes([0; 64])).unwrap();
@@ -691,7 +775,10 @@ fn batch_structure_is_checked_before_signing_and_on_verify() {
 
 #[test]
 fn a_batch_is_only_valid_under_its_origins_key() {
-    let events = vec![order_event(alice().node_id(), 1, 1), order_event(alice().node_id(), 2, 3)];
+    let events = vec![
+        order_event(alice().node_id(), 1, 1),
+        order_event(alice().node_id(), 2, 3),
+    ];
     assert!(matches!(
         SignedBatch::sign(&bob(), events.clone()),
         Err(Error::WrongSigner { .. })
@@ -700,7 +787,10 @@ fn a_batch_is_only_valid_under_its_origins_key() {
     let bobs: Vec<Event> = events
         .iter()
         .cloned()
-        .map(|e| Event { origin: bob().node_id(), ..e })
+        .map(|e| Event {
+            origin: bob().node_id(),
+            ..e
+        })
         .collect();
     let signed_by_bob = SignedBatch::sign(&bob(), bobs).unwrap();
     let forged = SignedBatch::from_parts(events, *signed_by_bob.signature()).unwrap();
@@ -734,13 +824,122 @@ fn the_handshake_proves_the_key_for_this_network_and_nonce_only() {
 }
 
 #[test]
+fn hello_and_hello_ack_helpers_run_the_handshake() {
+    let (alice, bob) = (alice(), bob());
+    let hello_a = Hello::new(&alice, "main", [1; 32], 3000, "test/1").unwrap();
+    let hello_b = Hello::new(&bob, "main", [1; 32], 3001, "test/1").unwrap();
+    assert_eq!(hello_a.version, peer_protocol::PROTOCOL_VERSION);
+    assert_ne!(hello_a.nonce, hello_b.nonce, "nonces are fresh");
+    // Each side signs the other's nonce; each checks the answer against its own nonce.
+    let ack_a = HelloAck::new(&alice, "main", &hello_b.nonce);
+    let ack_b = HelloAck::new(&bob, "main", &hello_a.nonce);
+    ack_a
+        .verify("main", &hello_a.node_id, &hello_b.nonce)
+        .unwrap();
+    ack_b
+        .verify("main", &hello_b.node_id, &hello_a.nonce)
+        .unwrap();
+    // A forger claiming Alice's id without her key, or replaying her ack elsewhere, fails.
+    let forged = HelloAck::new(&bob, "main", &hello_b.nonce);
+    assert!(
+        forged
+            .verify("main", &alice.node_id(), &hello_b.nonce)
+            .is_err()
+    );
+    assert!(
+        ack_a
+            .verify("main", &alice.node_id(), &hello_a.nonce)
+            .is_err()
+    );
+    assert!(
+        ack_a
+            .verify("test", &alice.node_id(), &hello_b.nonce)
+            .is_err()
+    );
+}
+
+#[test]
+fn vector_clocks_are_bounded_and_unambiguous_on_the_wire() {
+    // Hand-encoded `SyncRequest` (tag 8) with `n` pairs of (node id, counter).
+    let sync_request = |nodes: &[([u8; 32], u8)]| {
+        let mut raw = vec![8u8];
+        let mut len = nodes.len();
+        while len >= 0x80 {
+            raw.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        raw.push(len as u8);
+        for (node, counter) in nodes {
+            raw.extend_from_slice(node);
+            raw.push(*counter);
+        }
+        raw
+    };
+    let node = |i: usize| {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        id
+    };
+    let at_limit: Vec<_> = (0..peer_protocol::MAX_MEMBERS)
+        .map(|i| (node(i), 1))
+        .collect();
+    let Message::SyncRequest { clock } = decode(&sync_request(&at_limit)).unwrap() else {
+        panic!("a sync request")
+    };
+    assert_eq!(clock.len(), peer_protocol::MAX_MEMBERS);
+    // One more entry, even with a zero counter, is refused while decoding.
+    let mut over = at_limit.clone();
+    over.push((node(usize::MAX), 0));
+    assert!(decode(&sync_request(&over)).unwrap_err().is_misbehaviour());
+    // A repeated node is refused, zero counters are dropped.
+    assert!(decode(&sync_request(&[(node(1), 1), (node(1), 2)])).is_err());
+    let Message::SyncRequest { clock } =
+        decode(&sync_request(&[(node(1), 0), (node(2), 3)])).unwrap()
+    else {
+        panic!("a sync request")
+    };
+    assert_eq!(clock.len(), 1);
+}
+
+#[test]
 fn join_and_vote_signatures_are_bound_to_their_fields() {
     let (alice, bob) = (alice(), bob());
     let join = alice.sign(&join_transcript("main", &alice.node_id()));
-    verify(&alice.node_id(), &join_transcript("main", &alice.node_id()), &join).unwrap();
-    assert!(verify(&alice.node_id(), &join_transcript("other", &alice.node_id()), &join).is_err());
+    verify(
+        &alice.node_id(),
+        &join_transcript("main", &alice.node_id()),
+        &join,
+    )
+    .unwrap();
+    assert!(
+        verify(
+            &alice.node_id(),
+            &join_transcript("other", &alice.node_id()),
+            &join
+        )
+        .is_err()
+    );
     let vote = alice.sign(&vote_transcript("main", &bob.node_id(), 3, 17));
-    verify(&alice.node_id(), &vote_transcript("main", &bob.node_id(), 3, 17), &vote).unwrap();
-    assert!(verify(&alice.node_id(), &vote_transcript("main", &bob.node_id(), 4, 17), &vote).is_err());
-    assert!(verify(&alice.node_id(), &vote_transcript("main", &bob.node_id(), 3, 16), &vote).is_err());
+    verify(
+        &alice.node_id(),
+        &vote_transcript("main", &bob.node_id(), 3, 17),
+        &vote,
+    )
+    .unwrap();
+    assert!(
+        verify(
+            &alice.node_id(),
+            &vote_transcript("main", &bob.node_id(), 4, 17),
+            &vote
+        )
+        .is_err()
+    );
+    assert!(
+        verify(
+            &alice.node_id(),
+            &vote_transcript("main", &bob.node_id(), 3, 16),
+            &vote
+        )
+        .is_err()
+    );
 }

@@ -41,6 +41,9 @@ const MIN_MAX_FILE_BYTES: u64 = 1 << 20;
 /// - **Corruption.** A file that cannot be parsed (garbage, truncated, empty,
 ///   unknown version, absurdly large) is renamed to
 ///   `<file>.corrupt-<unix time>` with a warning and the store starts empty.
+///
+/// Open one store per file: two stores (or two processes) on the same path
+/// would overwrite each other's writes.
 #[derive(Debug)]
 pub struct FilePeerStore {
     shared: Arc<Shared>,

@@ -20,7 +20,9 @@
 //!   misbehaviour subtracts [`MISBEHAVIOUR_PENALTY`]; after each step the score
 //!   is clamped to `[SCORE_MIN, SCORE_MAX]`. Because of the clamp the score
 //!   reflects recent behaviour: a peer that was good for a month and then fails
-//!   [`SCORE_MAX`]` / `[`FAILURE_PENALTY`] times in a row is back at zero.
+//!   `SCORE_MAX / FAILURE_PENALTY` (20) times in a row is back at zero. In
+//!   short: `score = clamp(score + delta, SCORE_MIN, SCORE_MAX)` per event,
+//!   with `delta` = `+10` (success), `-5` (failure), `-25` (misbehaviour).
 //! - **Bans.** From the [`BAN_THRESHOLD`]-th misbehaviour on, every further
 //!   misbehaviour bans the address for `BAN_BASE_SECS * 2^(n - BAN_THRESHOLD)`
 //!   seconds (`n` = misbehaviour count), at most [`BAN_MAX_SECS`]. A ban never
@@ -34,6 +36,14 @@
 //! - **Order.** [`PeerStore::best`] returns unbanned peers by score, highest
 //!   first, ties broken by address; [`PeerStore::all`] returns every entry in
 //!   address order. Both are deterministic.
+//!
+//! # File format
+//!
+//! Pretty-printed JSON, `{"version": 1, "peers": [...]}`, one object per
+//! entry in address order with the fields of [`PeerRecord`] (`source` in
+//! lowercase, `addr` as `"ip:port"`) plus `last_success` (unix seconds or
+//! `null`), which the eviction rule needs. A file of another version is
+//! treated as corrupt (set aside, never overwritten in place).
 //!
 //! Time is passed in (`now`, unix seconds), so tests control it; only the
 //! debounce of [`FilePeerStore`] uses the real monotonic clock.
@@ -125,6 +135,9 @@ pub const BAN_BASE_SECS: u64 = 60;
 pub const BAN_MAX_SECS: u64 = 24 * 60 * 60;
 /// An entry with a success this recent (in seconds) is never evicted.
 pub const RECENT_SUCCESS_SECS: u64 = 60 * 60;
+/// The longest node id stored (a 32-byte key in hex is 64 characters);
+/// longer ones are ignored, so a caller bug cannot bloat the file.
+pub const MAX_NODE_ID_LEN: usize = 128;
 
 /// Where the node learnt of a peer address.
 ///
@@ -179,7 +192,8 @@ impl std::fmt::Display for Source {
 pub struct PeerRecord {
     /// The address we dial (or that dialled us).
     pub addr: SocketAddr,
-    /// The hex of the peer's 32-byte ed25519 public key, once known.
+    /// The hex of the peer's 32-byte ed25519 public key, once known (at
+    /// most [`MAX_NODE_ID_LEN`] characters).
     pub node_id: Option<String>,
     /// When the address was first stored (unix seconds).
     pub first_seen: u64,
@@ -213,7 +227,8 @@ impl PeerRecord {
 /// persistence happens in the background.
 pub trait PeerStore: Send + Sync + 'static {
     /// Stores `addr` if it is new, or refreshes it: `last_seen` moves forward
-    /// to `now`, a given `node_id` replaces the stored one, and a configured
+    /// to `now`, a given `node_id` replaces the stored one (unless longer than
+    /// [`MAX_NODE_ID_LEN`], then it is ignored), and a configured
     /// source ([`Source::is_configured`]) replaces a discovered one.
     fn upsert(&self, addr: SocketAddr, source: Source, node_id: Option<String>, now: u64);
     /// Records a successful contact (a completed handshake). Stores the address

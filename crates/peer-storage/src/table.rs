@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BAN_BASE_SECS, BAN_MAX_SECS, BAN_THRESHOLD, FAILURE_PENALTY, MISBEHAVIOUR_PENALTY, PeerRecord,
-    RECENT_SUCCESS_SECS, SCORE_MAX, SCORE_MIN, SUCCESS_REWARD, Source,
+    BAN_BASE_SECS, BAN_MAX_SECS, BAN_THRESHOLD, FAILURE_PENALTY, MAX_NODE_ID_LEN,
+    MISBEHAVIOUR_PENALTY, PeerRecord, RECENT_SUCCESS_SECS, SCORE_MAX, SCORE_MIN, SUCCESS_REWARD,
+    Source,
 };
 
 /// A stored row: the public record plus what only the table needs.
@@ -84,9 +85,7 @@ impl PeerTable {
         let record = &mut entry.record;
         let before = record.clone();
         record.last_seen = record.last_seen.max(now);
-        if node_id.is_some() {
-            record.node_id = node_id;
-        }
+        set_node_id(record, node_id);
         if source.is_configured() && !record.source.is_configured() {
             record.source = source;
         }
@@ -108,9 +107,7 @@ impl PeerTable {
         record.successes = record.successes.saturating_add(1);
         record.score = adjust(record.score, SUCCESS_REWARD);
         record.last_seen = record.last_seen.max(now);
-        if node_id.is_some() {
-            record.node_id = node_id;
-        }
+        set_node_id(record, node_id);
         true
     }
 
@@ -240,6 +237,17 @@ fn eviction_key(entry: &Entry) -> (i32, u64, std::cmp::Reverse<SocketAddr>) {
         entry.record.last_seen,
         std::cmp::Reverse(entry.record.addr),
     )
+}
+
+/// Replaces the stored node id with a given, plausibly sized one.
+fn set_node_id(record: &mut PeerRecord, node_id: Option<String>) {
+    match node_id {
+        Some(id) if id.len() <= MAX_NODE_ID_LEN => record.node_id = Some(id),
+        Some(id) => {
+            tracing::debug!(addr = %record.addr, len = id.len(), "oversized node id ignored");
+        }
+        None => {}
+    }
 }
 
 /// Applies `delta` to `score` and clamps it to the allowed range.

@@ -24,6 +24,10 @@ pub(crate) struct Policy {
     pub max: Duration,
     pub threshold: u32,
     pub cooldown: Duration,
+    /// After losing an established connection, for this long...
+    pub fast_window: Duration,
+    /// ...the backoff is capped at this and the breaker stays closed.
+    pub fast_max: Duration,
 }
 
 /// When to dial one address next.
@@ -33,6 +37,8 @@ pub(crate) struct Redial {
     next_attempt: Instant,
     failures: u32,
     breaker: BreakerState,
+    /// Until when a lost peer is redialled fast (see [`Policy::fast_window`]).
+    fast_until: Option<Instant>,
 }
 
 impl Redial {
@@ -43,6 +49,7 @@ impl Redial {
             next_attempt: now,
             failures: 0,
             breaker: BreakerState::Closed,
+            fast_until: None,
         }
     }
 
@@ -60,9 +67,19 @@ impl Redial {
     /// A dial failed. `jitter` in `[0, 1]` picks the wait inside `[delay/2, delay]`.
     pub fn on_failure(&mut self, policy: &Policy, now: Instant, jitter: f64) {
         self.failures = self.failures.saturating_add(1);
-        let reopen = self.breaker == BreakerState::HalfOpen || self.failures >= policy.threshold;
+        // A peer we were just connected to is probably restarting: keep probing it
+        // about every second for a while instead of backing off to minutes.
+        let fast = self.fast_until.is_some_and(|until| now < until);
+        let max = if fast {
+            policy.max.min(policy.fast_max)
+        } else {
+            policy.max
+        };
+        let reopen =
+            !fast && (self.breaker == BreakerState::HalfOpen || self.failures >= policy.threshold);
+        self.delay = self.delay.min(max);
         self.next_attempt = now + jittered(self.delay, jitter);
-        self.delay = self.delay.saturating_mul(2).min(policy.max);
+        self.delay = self.delay.saturating_mul(2).min(max);
         if reopen {
             self.breaker = BreakerState::Open {
                 until: now + policy.cooldown,
@@ -82,6 +99,7 @@ impl Redial {
     pub fn on_disconnected(&mut self, policy: &Policy, now: Instant, jitter: f64) {
         self.on_success(policy);
         self.next_attempt = now + jittered(policy.initial, jitter);
+        self.fast_until = Some(now + policy.fast_window);
     }
 
     /// The breaker's state.
@@ -127,6 +145,8 @@ mod tests {
             max: 1000 * MS,
             threshold: 4,
             cooldown: 5000 * MS,
+            fast_window: 60_000 * MS,
+            fast_max: 300 * MS,
         }
     }
 
@@ -214,5 +234,26 @@ mod tests {
         assert_eq!(r.next_attempt(), t0 + p.initial);
         assert!(!r.ready(t0));
         assert!(r.ready(t0 + p.initial));
+    }
+
+    #[test]
+    fn a_lost_peer_is_probed_fast_without_opening_the_breaker_for_a_while() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut r = Redial::new(&p, t0);
+        r.on_disconnected(&p, t0, 1.0);
+        let mut now = t0;
+        for _ in 0..(p.threshold * 3) {
+            r.on_failure(&p, now, 1.0);
+            assert_eq!(r.breaker(), BreakerState::Closed);
+            assert!(r.next_attempt() - now <= p.fast_max);
+            now = r.next_attempt();
+        }
+        // After the window, the normal backoff and breaker apply again.
+        let later = t0 + p.fast_window;
+        for _ in 0..p.threshold {
+            r.on_failure(&p, later, 1.0);
+        }
+        assert!(matches!(r.breaker(), BreakerState::Open { .. }));
     }
 }

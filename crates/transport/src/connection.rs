@@ -21,6 +21,8 @@ use tracing::{debug, info, warn};
 use crate::transport::{Admission, BoxIo, PeerEntry, Shared, SlotGuard};
 use crate::{Error, TransportEvent};
 
+/// The reason given for a connection another one replaced.
+pub(crate) const REPLACED: &str = "replaced by a newer connection";
 /// How long a closing connection waits for its writer to flush the last frames.
 const WRITER_LINGER: Duration = Duration::from_secs(1);
 /// Frames the writer writes before it flushes, when more are queued.
@@ -81,6 +83,8 @@ pub(crate) struct ConnStats {
     pub bytes_out: AtomicU64,
     /// Microseconds; `u64::MAX` until the first `Pong`.
     rtt_micros: AtomicU64,
+    /// The last `Ping` sent and when.
+    ping: Mutex<Option<(u64, Instant)>>,
 }
 
 impl ConnStats {
@@ -89,6 +93,7 @@ impl ConnStats {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             rtt_micros: AtomicU64::new(u64::MAX),
+            ping: Mutex::new(None),
         }
     }
 
@@ -99,10 +104,30 @@ impl ConnStats {
         }
     }
 
-    fn set_rtt(&self, rtt: Duration) {
-        let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX - 1);
-        self.rtt_micros
-            .store(micros.min(u64::MAX - 1), Ordering::Relaxed);
+    /// Remembers the last `Ping` sent; only its `Pong` is timed.
+    fn ping_sent(&self, nonce: u64) {
+        *self.ping.lock().unwrap_or_else(PoisonError::into_inner) = Some((nonce, Instant::now()));
+    }
+
+    /// Measures the RTT if `nonce` answers the last `Ping`.
+    fn pong(&self, nonce: u64) {
+        let sent_at = {
+            let mut ping = self.ping.lock().unwrap_or_else(PoisonError::into_inner);
+            match *ping {
+                Some((sent_nonce, sent_at)) if sent_nonce == nonce => {
+                    *ping = None;
+                    Some(sent_at)
+                }
+                _ => None,
+            }
+        };
+        if let Some(sent_at) = sent_at {
+            let rtt = sent_at.elapsed();
+            let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX - 1);
+            self.rtt_micros
+                .store(micros.min(u64::MAX - 1), Ordering::Relaxed);
+            metrics::histogram!("transport_rtt_seconds").record(rtt.as_secs_f64());
+        }
     }
 }
 
@@ -271,19 +296,26 @@ pub(crate) async fn run(
         agent: hello.agent.clone(),
     };
 
-    let lifecycle = tokio::select! {
-        () = shared.shutdown.cancelled() => None,
-        guard = shared.lifecycle.lock() => Some(guard),
-    };
-    let Some(lifecycle) = lifecycle else {
-        if let Some(done) = done {
-            let _ = done.send(Err(Error::Shutdown));
+    // Reserve room for the events first (this may wait for the node to drain), so that
+    // the table change and its events happen together under the state lock: the node
+    // sees each peer's Connected / Disconnected in the order they happened.
+    let permits = tokio::select! {
+        () = shared.shutdown.cancelled() => {
+            if let Some(done) = done {
+                let _ = done.send(Err(Error::Shutdown));
+            }
+            return;
         }
-        return;
+        permits = shared.events.reserve_many(2) => permits.ok(),
     };
-    match shared.admit(peer, entry) {
+    let connected = TransportEvent::Connected {
+        peer,
+        addr: remote,
+        listen_addr,
+        inbound,
+    };
+    match shared.admit(peer, entry, permits, connected) {
         Admission::Duplicate => {
-            drop(lifecycle);
             debug!(peer = %peer.short(), %remote, "duplicate connection; keeping the other one");
             if let Some(done) = done {
                 let _ = done.send(Ok(peer));
@@ -294,7 +326,6 @@ pub(crate) async fn run(
             return;
         }
         Admission::Full => {
-            drop(lifecycle);
             debug!(peer = %peer.short(), %remote, "refusing peer: too many peers");
             metrics::counter!("transport_refused_total", "reason" => "too_many_peers").increment(1);
             if let Some(done) = done {
@@ -305,60 +336,41 @@ pub(crate) async fn run(
             return;
         }
         Admission::Replace(old) => {
-            old.close(
-                Some(GoodbyeReason::DuplicateConnection),
-                "replaced by a newer connection",
-            );
-            if let Some(done) = done {
-                let _ = done.send(Ok(peer));
-            }
-            let reason = "replaced by a newer connection".to_owned();
-            shared
-                .emit(TransportEvent::Disconnected { peer, reason })
-                .await;
+            old.close(Some(GoodbyeReason::DuplicateConnection), REPLACED);
         }
-        Admission::New => {
-            if let Some(done) = done {
-                let _ = done.send(Ok(peer));
-            }
-        }
+        Admission::New => {}
+    }
+    if let Some(done) = done {
+        let _ = done.send(Ok(peer));
     }
     info!(peer = %peer.short(), %remote, %listen_addr, inbound, "peer connected");
-    metrics::counter!("transport_connections_total", "direction" => if inbound { "inbound" } else { "outbound" })
-        .increment(1);
-    shared
-        .emit(TransportEvent::Connected {
-            peer,
-            addr: remote,
-            listen_addr,
-            inbound,
-        })
-        .await;
-    drop(lifecycle);
+    let direction = if inbound { "inbound" } else { "outbound" };
+    metrics::counter!("transport_connections_total", "direction" => direction).increment(1);
 
-    let writer = shared
-        .tracker
-        .spawn(write_loop(wr, rx, Arc::clone(&stats), Arc::clone(&ctl)));
+    let writer = shared.tracker.spawn(write_loop(
+        wr,
+        rx,
+        Arc::clone(&stats),
+        Arc::clone(&ctl),
+        shared.config.heartbeat_interval,
+    ));
     let ended = session(&shared, peer, &mut reader, &tx, &ctl, &stats).await;
     let close = ctl.reason().unwrap_or(ended);
 
     // Report the end (unless a newer connection took over), then say goodbye.
-    let lifecycle = tokio::select! {
+    let permit = tokio::select! {
         biased;
-        guard = shared.lifecycle.lock() => Some(guard),
+        permit = shared.events.reserve() => permit.ok(),
         () = shared.shutdown.cancelled() => None,
     };
     let addrs: Vec<SocketAddr> = [Some(listen_addr), dialed].into_iter().flatten().collect();
-    if shared.remove(&peer, conn_id, &addrs) {
+    let disconnected = TransportEvent::Disconnected {
+        peer,
+        reason: close.text.clone(),
+    };
+    if shared.remove(&peer, conn_id, &addrs, permit, disconnected) {
         info!(peer = %peer.short(), reason = %close.text, "peer disconnected");
-        shared
-            .emit(TransportEvent::Disconnected {
-                peer,
-                reason: close.text.clone(),
-            })
-            .await;
     }
-    drop(lifecycle);
     let said_goodbye = close.goodbye.is_some();
     if let Some(reason) = close.goodbye
         && let Ok(frame) = Codec::encode_frame(&Message::Goodbye { reason })
@@ -508,60 +520,42 @@ async fn session(
     stats: &ConnStats,
 ) -> Close {
     let config = &shared.config;
-    let mut heartbeat =
-        tokio::time::interval(config.heartbeat_interval.max(Duration::from_millis(1)));
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let idle = tokio::time::sleep(config.idle_timeout);
     tokio::pin!(idle);
-    let mut ping_nonce: u64 = rand::random();
-    let mut outstanding: Option<(u64, Instant)> = None;
-
     loop {
+        // Reading comes before the idle check: after a pause (the node's event channel
+        // was full) frames already buffered prove the peer alive.
         tokio::select! {
             biased;
             () = ctl.token.cancelled() => {
-                return Close { goodbye: Some(GoodbyeReason::Shutdown), text: "transport shutting down".to_owned() };
-            }
-            () = &mut idle => {
-                warn!(peer = %peer.short(), timeout = ?config.idle_timeout, "peer silent; closing idle connection");
-                metrics::counter!("transport_drops_total", "reason" => "idle").increment(1);
-                return Close { goodbye: None, text: "idle timeout".to_owned() };
-            }
-            _ = heartbeat.tick() => {
-                ping_nonce = ping_nonce.wrapping_add(1);
-                if let Ok(frame) = Codec::encode_frame(&Message::Ping { nonce: ping_nonce })
-                    && queue_frame(&peer, tx, ctl, frame).is_ok() {
-                        outstanding = Some((ping_nonce, Instant::now()));
-                    }
+                let text = "transport shutting down".to_owned();
+                return Close { goodbye: Some(GoodbyeReason::Shutdown), text };
             }
             read = reader.next(Some(stats)) => {
                 let message = match read {
                     Ok(Some(message)) => message,
-                    Ok(None) => return Close { goodbye: None, text: "connection closed by peer".to_owned() },
+                    Ok(None) => {
+                        let text = "connection closed by peer".to_owned();
+                        return Close { goodbye: None, text };
+                    }
                     Err(Error::Protocol(e)) if e.is_misbehaviour() => {
                         return misbehaved(shared, peer, ctl, &format!("bad frame: {e}"));
                     }
                     Err(e) => return Close { goodbye: None, text: format!("read failed: {e}") },
                 };
                 idle.as_mut().reset(Instant::now() + config.idle_timeout);
-                metrics::counter!("transport_messages_in_total", "kind" => message.kind()).increment(1);
+                metrics::counter!("transport_messages_in_total", "kind" => message.kind())
+                    .increment(1);
                 match message {
                     Message::Ping { nonce } => {
                         if let Ok(frame) = Codec::encode_frame(&Message::Pong { nonce }) {
                             let _ = queue_frame(&peer, tx, ctl, frame);
                         }
                     }
-                    Message::Pong { nonce } => {
-                        if let Some((sent_nonce, sent_at)) = outstanding
-                            && sent_nonce == nonce {
-                                let rtt = sent_at.elapsed();
-                                stats.set_rtt(rtt);
-                                metrics::histogram!("transport_rtt_seconds").record(rtt.as_secs_f64());
-                                outstanding = None;
-                            }
-                    }
+                    Message::Pong { nonce } => stats.pong(nonce),
                     Message::Goodbye { reason } => {
-                        return Close { goodbye: None, text: format!("peer said goodbye: {reason:?}") };
+                        let text = format!("peer said goodbye: {reason:?}");
+                        return Close { goodbye: None, text };
                     }
                     Message::Hello(_) | Message::HelloAck(_) => {
                         return misbehaved(shared, peer, ctl, "handshake message after the handshake");
@@ -575,6 +569,11 @@ async fn session(
                         }
                     }
                 }
+            }
+            () = &mut idle => {
+                warn!(peer = %peer.short(), timeout = ?config.idle_timeout, "peer silent; closing idle connection");
+                metrics::counter!("transport_drops_total", "reason" => "idle").increment(1);
+                return Close { goodbye: None, text: "idle timeout".to_owned() };
             }
         }
     }
@@ -595,18 +594,39 @@ fn misbehaved(shared: &Shared, peer: NodeId, ctl: &ConnCtl, what: &str) -> Close
     }
 }
 
-/// Owns the write half: writes queued frames, flushing when the queue runs dry, until
-/// every sender is gone; then shuts the write half down.
+/// Owns the write half: writes queued frames, flushing when the queue runs dry, and a
+/// `Ping` every heartbeat (from here, so the peer hears from us even while our reader
+/// waits for the node); ends when every sender is gone, shutting the write half down.
 async fn write_loop(
     wr: WriteHalf<BoxIo>,
     mut rx: mpsc::Receiver<Bytes>,
     stats: Arc<ConnStats>,
     ctl: Arc<ConnCtl>,
+    heartbeat_interval: Duration,
 ) {
     let mut wr = tokio::io::BufWriter::new(wr);
-    while let Some(frame) = rx.recv().await {
+    let mut heartbeat = tokio::time::interval(heartbeat_interval.max(Duration::from_millis(1)));
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ping_nonce: u64 = rand::random();
+    loop {
+        let first = tokio::select! {
+            frame = rx.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+            _ = heartbeat.tick() => {
+                ping_nonce = ping_nonce.wrapping_add(1);
+                match Codec::encode_frame(&Message::Ping { nonce: ping_nonce }) {
+                    Ok(frame) => {
+                        stats.ping_sent(ping_nonce);
+                        frame
+                    }
+                    Err(_) => continue,
+                }
+            }
+        };
         let mut written = 0usize;
-        let mut next = Some(frame);
+        let mut next = Some(first);
         let mut batch = 0;
         let result: std::io::Result<()> = async {
             while let Some(frame) = next.take() {

@@ -32,6 +32,39 @@
 //! other at once, both keep the connection dialled by the lower node id; a newer
 //! connection from the same dialer replaces an older one (the dialer restarted).
 //!
+//! # Behaviour worth knowing
+//!
+//! - **Events** arrive per peer in order: `Connected`, its messages, `Disconnected`.
+//!   The event channel is bounded: while it is full, peers' readers wait (TCP
+//!   backpressure), and so do [`Handle::dial`] calls, which complete only once their
+//!   `Connected` event has room; do not await `dial` in the task that drains events
+//!   without draining concurrently.
+//! - **Sending never waits**: [`Handle::send`] queues into a bounded per-peer queue; a
+//!   full queue disconnects that peer as too slow. Bulk senders pace themselves on
+//!   [`Handle::send_capacity`].
+//! - **Liveness**: each connection sends a `Ping` every `heartbeat_interval` (the RTT
+//!   comes from the `Pong`) and is closed after `idle_timeout` without any frame.
+//! - **Redials**: addresses given to [`Handle::add_peer_addr`] are redialled with
+//!   exponential backoff and jitter, behind a per-address circuit breaker; a peer that
+//!   was connected is probed about every second for `reconnect_fast_window`, so it is
+//!   back within a second of restarting.
+//! - **Misbehaviour** (an oversize or undecodable frame, a forged handshake, a
+//!   handshake message out of place, or [`Handle::report_misbehaviour`]) disconnects
+//!   the peer and is recorded in the `PeerStore`, which bans repeat offenders; banned
+//!   addresses are neither dialled nor accepted. Unknown message types from newer
+//!   peers are skipped.
+//! - **Shutdown**: [`Handle::shutdown`] says `Goodbye{Shutdown}` to every peer and
+//!   returns when every task has ended; dropping the last `Handle` starts the same
+//!   shutdown in the background.
+//! - **Metrics** (through the `metrics` facade): `transport_peers` (gauge),
+//!   `transport_connections_total{direction}`, `transport_dials_total`,
+//!   `transport_dial_failures_total`, `transport_handshake_failures_total`,
+//!   `transport_refused_total{reason}`, `transport_misbehaviour_total`,
+//!   `transport_drops_total{reason}` (`queue_full`, `idle`),
+//!   `transport_messages_in_total{kind}`, `transport_messages_out_total`,
+//!   `transport_bytes_in_total`, `transport_bytes_out_total` and the
+//!   `transport_rtt_seconds` histogram.
+//!
 //! # What it does not do
 //!
 //! It does not interpret messages beyond `Hello`, `HelloAck`, `Ping`, `Pong` and
@@ -129,6 +162,10 @@ pub struct Config {
     /// The cap of the exponential redial backoff (`PEER_RECONNECT_INTERVAL`); also how
     /// long an open circuit breaker waits before its half-open probe.
     pub reconnect_max: Duration,
+    /// After an established connection is lost, its address is redialled at least
+    /// about once a second (and its breaker stays closed) for this long, so a
+    /// restarting peer is back within a second of listening again.
+    pub reconnect_fast_window: Duration,
     /// Consecutive failed dials that open an address's circuit breaker.
     pub breaker_threshold: u32,
     /// Frames queued per peer; a peer whose queue is full is disconnected as too slow.
@@ -156,6 +193,7 @@ impl Default for Config {
             idle_timeout: heartbeat_interval * 3,
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: DEFAULT_RECONNECT_MAX,
+            reconnect_fast_window: Duration::from_secs(60),
             breaker_threshold: 5,
             outbound_queue: 1024,
             event_queue: 1024,

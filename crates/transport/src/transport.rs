@@ -14,7 +14,7 @@ use bytes::Bytes;
 use peer_protocol::{Codec, GoodbyeReason, Identity, Message, NodeId};
 use peer_storage::{PeerStore, Source};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -24,6 +24,8 @@ use crate::connection::{self, ConnCtl, ConnStats};
 use crate::network::{Listener, Network, TcpNetwork};
 use crate::{Config, Error, PeerInfo, TransportEvent};
 
+/// The redial backoff cap while a lost peer is in its fast window.
+const FAST_RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// Connections being refused with an explanation at any one time.
 const MAX_REFUSING: usize = 32;
 
@@ -56,6 +58,8 @@ impl<N: Network> Transport<N> {
             max: config.reconnect_max.max(config.reconnect_initial),
             threshold: config.breaker_threshold.max(1),
             cooldown: config.reconnect_max.max(config.reconnect_initial),
+            fast_window: config.reconnect_fast_window,
+            fast_max: FAST_RECONNECT_MAX.max(config.reconnect_initial),
         };
         let mut own = HashSet::new();
         if !local_addr.ip().is_unspecified() {
@@ -73,7 +77,6 @@ impl<N: Network> Transport<N> {
                 own,
                 ..State::default()
             }),
-            lifecycle: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             redial_wake: Notify::new(),
@@ -87,7 +90,16 @@ impl<N: Network> Transport<N> {
             .tracker
             .spawn(accept_loop(Arc::clone(&shared), listener));
         shared.tracker.spawn(redial_loop(Arc::clone(&shared)));
-        Ok((Handle { shared }, events_rx))
+        let owner = Arc::new(Owner {
+            shutdown: shared.shutdown.clone(),
+        });
+        Ok((
+            Handle {
+                shared,
+                _owner: owner,
+            },
+            events_rx,
+        ))
     }
 }
 
@@ -98,6 +110,19 @@ impl<N: Network> Transport<N> {
 #[derive(Clone)]
 pub struct Handle {
     shared: Arc<Shared>,
+    _owner: Arc<Owner>,
+}
+
+/// Shuts the transport down when the last [`Handle`] is dropped (the transport's own
+/// tasks hold the shared state, not an `Owner`, so they cannot keep it alive).
+struct Owner {
+    shutdown: CancellationToken,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 impl std::fmt::Debug for Handle {
@@ -204,6 +229,13 @@ impl Handle {
         connection::queue_frame(peer, &tx, &ctl, frame)
     }
 
+    /// Free slots in `peer`'s outbound queue (`None` if not connected): a sender of
+    /// bulk data (anti-entropy) paces itself on this instead of overrunning the queue,
+    /// which would disconnect the peer.
+    pub fn send_capacity(&self, peer: &NodeId) -> Option<usize> {
+        self.shared.lock().peers.get(peer).map(|p| p.tx.capacity())
+    }
+
     /// Encodes `message` once and queues the same bytes for every connected peer
     /// except `except`. Returns how many peers it was queued for; peers with a full
     /// queue are disconnected as in [`Handle::send`].
@@ -255,6 +287,11 @@ impl Handle {
             .collect();
         peers.sort_by_key(|p| p.node_id);
         peers
+    }
+
+    /// Connections (inbound and outbound) whose handshake is still running.
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.shared.lock().handshaking
     }
 
     /// Whether `peer` is connected.
@@ -365,9 +402,6 @@ pub(crate) struct Shared {
     connector: Box<dyn Connector>,
     pub events: mpsc::Sender<TransportEvent>,
     state: Mutex<State>,
-    /// Serialises "change the peer table + report it", so that `Connected` and
-    /// `Disconnected` of one peer reach the node in the order they happened.
-    pub lifecycle: tokio::sync::Mutex<()>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     redial_wake: Notify,
@@ -386,6 +420,8 @@ pub(crate) struct State {
     own: HashSet<SocketAddr>,
     inbound_per_ip: HashMap<IpAddr, usize>,
     handshaking: usize,
+    /// Dials running, by address; dropping the sender wakes those waiting on it.
+    in_flight: HashMap<SocketAddr, watch::Sender<()>>,
 }
 
 /// One established connection in the peer table.
@@ -468,19 +504,16 @@ impl Shared {
         self.store.is_banned(addr, unix_now())
     }
 
-    /// Sends an event to the node; gives up only when the transport shuts down.
-    pub async fn emit(&self, event: TransportEvent) {
-        tokio::select! {
-            biased;
-            // A dropped receiver just means nobody listens any more.
-            _ = self.events.send(event) => {}
-            () = self.shutdown.cancelled() => {}
-        }
-    }
-
-    /// Decides whether an authenticated connection to `peer` joins the peer table,
-    /// and inserts it if so. Called with the lifecycle lock held.
-    pub fn admit(&self, peer: NodeId, entry: PeerEntry) -> Admission {
+    /// Decides whether an authenticated connection to `peer` joins the peer table and
+    /// inserts it if so, sending `Disconnected` (for a replaced connection) and
+    /// `connected` through `permits` under the same lock.
+    pub fn admit(
+        &self,
+        peer: NodeId,
+        entry: PeerEntry,
+        permits: Option<mpsc::PermitIterator<'_, TransportEvent>>,
+        connected: TransportEvent,
+    ) -> Admission {
         let mut state = self.lock();
         let admission = match state.peers.get(&peer) {
             Some(existing) => {
@@ -501,18 +534,40 @@ impl Shared {
                 known.node_id = Some(peer);
             }
             metrics::gauge!("transport_peers").set(state.peers.len() as f64);
+            if let Some(mut permits) = permits {
+                if matches!(admission, Admission::Replace(_)) {
+                    let reason = crate::connection::REPLACED.to_owned();
+                    if let Some(permit) = permits.next() {
+                        permit.send(TransportEvent::Disconnected { peer, reason });
+                    }
+                }
+                if let Some(permit) = permits.next() {
+                    permit.send(connected);
+                }
+            }
         }
         admission
     }
 
-    /// Removes connection `conn_id` of `peer` if it is still the current one, and
-    /// schedules a quick redial of its known address. Returns whether it was current.
-    pub fn remove(&self, peer: &NodeId, conn_id: u64, addrs: &[SocketAddr]) -> bool {
+    /// Removes connection `conn_id` of `peer` if it is still the current one, sends
+    /// `disconnected` through `permit` under the same lock, and schedules a quick
+    /// redial of its known address. Returns whether it was current.
+    pub fn remove(
+        &self,
+        peer: &NodeId,
+        conn_id: u64,
+        addrs: &[SocketAddr],
+        permit: Option<mpsc::Permit<'_, TransportEvent>>,
+        disconnected: TransportEvent,
+    ) -> bool {
         let mut state = self.lock();
         if state.peers.get(peer).is_none_or(|p| p.conn_id != conn_id) {
             return false;
         }
         state.peers.remove(peer);
+        if let Some(permit) = permit {
+            permit.send(disconnected);
+        }
         metrics::gauge!("transport_peers").set(state.peers.len() as f64);
         let now = Instant::now();
         let policy = self.policy;
@@ -604,19 +659,39 @@ async fn dial_once(shared: &Arc<Shared>, addr: SocketAddr) -> Result<NodeId, Err
     if shared.shutdown.is_cancelled() {
         return Err(Error::Shutdown);
     }
-    {
-        let state = shared.lock();
-        if state.own.contains(&addr) {
-            return Err(Error::SelfConnection { addr });
+    // One dial per address at a time: two connections from the same dialer could be
+    // admitted in opposite orders by the two ends, and both would be lost. A second
+    // caller waits for the first and reuses its connection.
+    let _in_flight = loop {
+        let mut done = {
+            let mut state = shared.lock();
+            if state.own.contains(&addr) {
+                return Err(Error::SelfConnection { addr });
+            }
+            if let Some((id, _)) = state
+                .peers
+                .iter()
+                .find(|(_, p)| p.listen_addr == addr || p.addr == addr)
+            {
+                return Ok(*id);
+            }
+            match state.in_flight.get(&addr) {
+                Some(sender) => sender.subscribe(),
+                None => {
+                    state.in_flight.insert(addr, watch::channel(()).0);
+                    break InFlight {
+                        shared: Arc::clone(shared),
+                        addr,
+                    };
+                }
+            }
+        };
+        // Resolves when the other dial drops its sender.
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return Err(Error::Shutdown),
+            _ = done.changed() => {}
         }
-        if let Some((id, _)) = state
-            .peers
-            .iter()
-            .find(|(_, p)| p.listen_addr == addr || p.addr == addr)
-        {
-            return Ok(*id);
-        }
-    }
+    };
     if shared.is_banned(addr) {
         return Err(Error::Banned { addr });
     }
@@ -644,6 +719,18 @@ async fn dial_once(shared: &Arc<Shared>, addr: SocketAddr) -> Result<NodeId, Err
     done_rx.await.unwrap_or(Err(Error::Shutdown))
 }
 
+/// Marks a dial to `addr` in flight until dropped.
+struct InFlight {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.lock().in_flight.remove(&self.addr);
+    }
+}
+
 /// Updates the known address's schedule and the peer store after a dial.
 fn dial_finished(shared: &Shared, addr: SocketAddr, result: &Result<NodeId, Error>) {
     let now = Instant::now();
@@ -667,6 +754,12 @@ fn dial_finished(shared: &Shared, addr: SocketAddr, result: &Result<NodeId, Erro
             state.known.remove(&addr);
         }
         Err(Error::Shutdown) => {}
+        Err(Error::TooManyPeers) => {
+            // Our own limit, not the address's fault: try again later, no backoff.
+            if let Some(known) = state.known.get_mut(&addr) {
+                known.dialing = false;
+            }
+        }
         Err(e) => {
             if let Some(known) = state.known.get_mut(&addr) {
                 known.dialing = false;
@@ -748,15 +841,21 @@ async fn redial_loop(shared: Arc<Shared>) {
 fn due_addrs(shared: &Shared) -> Vec<SocketAddr> {
     let now = Instant::now();
     let mut state = shared.lock();
-    if state.peers.len() + state.handshaking >= shared.config.max_peers {
-        return Vec::new();
-    }
+    // Never start more dials than there are free peer slots: a dial refused locally
+    // would only cost the address backoff it did not deserve.
+    let free = shared
+        .config
+        .max_peers
+        .saturating_sub(state.peers.len() + state.handshaking);
     let State {
         peers, known, own, ..
     } = &mut *state;
     let connected: HashSet<SocketAddr> = peers.values().map(|p| p.listen_addr).collect();
     let mut due = Vec::new();
     for (addr, k) in known.iter_mut() {
+        if due.len() >= free {
+            break;
+        }
         let is_connected =
             connected.contains(addr) || k.node_id.is_some_and(|id| peers.contains_key(&id));
         if k.dialing || is_connected || own.contains(addr) || !k.redial.ready(now) {

@@ -266,9 +266,10 @@ async fn five_transports_form_a_mesh_and_broadcast() {
             node.handle.add_peer_addr(*addr, Source::Bootstrap);
         }
     }
-    for node in &nodes {
-        wait_until("a full mesh", SOON, || node.handle.peers().len() == 4).await;
-    }
+    // Settled: four peers each, no handshake running, and both ends of every pair
+    // agree on who dialled (so no connection is about to be replaced).
+    let handles: Vec<Handle> = nodes.iter().map(|n| n.handle.clone()).collect();
+    wait_until("a settled full mesh", SOON, || mesh_settled(&handles)).await;
 
     for (i, node) in nodes.iter().enumerate() {
         let sent = node.handle.broadcast(&Message::Ping { nonce: 0 }, None);
@@ -312,9 +313,34 @@ async fn five_transports_form_a_mesh_and_broadcast() {
     }
 }
 
+fn mesh_settled(handles: &[Handle]) -> bool {
+    handles.iter().all(|h| {
+        let peers = h.peers();
+        h.handshakes_in_progress() == 0
+            && peers.len() == handles.len() - 1
+            && peers.iter().all(|p| {
+                handles
+                    .iter()
+                    .filter(|o| o.node_id() == p.node_id)
+                    .all(|o| {
+                        o.peers()
+                            .iter()
+                            .any(|q| q.node_id == h.node_id() && q.inbound != p.inbound)
+                    })
+            })
+    })
+}
+
 #[tokio::test]
 async fn a_restarted_peer_is_reconnected_within_a_second() {
-    let mut a = start(config()).await;
+    // A breaker that would open after two failures for a minute, to show that a peer
+    // we were connected to is still probed about every second while it restarts.
+    let patient = Config {
+        breaker_threshold: 2,
+        reconnect_max: Duration::from_secs(60),
+        ..config()
+    };
+    let mut a = start(patient).await;
     let b = start(config()).await;
     let b_addr = b.handle.local_addr();
     let b_identity = Arc::clone(&b.identity);
@@ -330,6 +356,18 @@ async fn a_restarted_peer_is_reconnected_within_a_second() {
         matches!(e, TransportEvent::Disconnected { .. }).then_some(())
     })
     .await;
+    // Down long enough for several failed redials.
+    wait_until("three failed redials", SOON, || {
+        a.handle
+            .known_addrs()
+            .first()
+            .is_some_and(|k| k.failures >= 3)
+    })
+    .await;
+    assert_eq!(
+        a.handle.known_addrs()[0].breaker,
+        transport::BreakerState::Closed
+    );
 
     // Same identity, same port: "the same peer, restarted".
     let b = start_with(
@@ -621,6 +659,43 @@ async fn simultaneous_dials_resolve_to_exactly_one_connection() {
         a.handle.shutdown().await;
         b.handle.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn concurrent_dials_of_one_address_share_one_connection() {
+    let a = start(config()).await;
+    let mut b = start(config()).await;
+    let b_addr = b.handle.local_addr();
+    a.handle.add_peer_addr(b_addr, Source::Manual);
+    let (r1, r2, r3) = tokio::join!(
+        a.handle.dial(b_addr),
+        a.handle.dial(b_addr),
+        a.handle.dial(b_addr)
+    );
+    for result in [r1, r2, r3] {
+        assert_eq!(result.expect("dial"), b.handle.node_id());
+    }
+    // A message sent after the dials arrives after every lifecycle event of the pair.
+    a.handle
+        .send(&b.handle.node_id(), &Message::GetPeers)
+        .expect("send");
+    let mut lifecycle = Vec::new();
+    next_event(&mut b.events, SOON, |e| match e {
+        TransportEvent::Message { .. } => Some(()),
+        other => {
+            lifecycle.push(other);
+            None
+        }
+    })
+    .await;
+    assert_eq!(
+        lifecycle.len(),
+        1,
+        "exactly one Connected, no churn: {lifecycle:?}"
+    );
+    assert_eq!(a.handle.peers().len(), 1);
+    a.handle.shutdown().await;
+    b.handle.shutdown().await;
 }
 
 #[tokio::test]

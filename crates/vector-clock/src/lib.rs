@@ -63,8 +63,8 @@
 //! ```
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::collections::btree_map;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::RangeInclusive;
@@ -356,14 +356,15 @@ impl<'de, K: Deserialize<'de> + Ord + Clone> Visitor<'de> for ClockVisitor<K> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut counters = BTreeMap::new();
-        let mut seen_zero = Vec::new();
+        // A set, not a list: a hostile input of many zero pairs stays O(n log n).
+        let mut seen_zero = BTreeSet::new();
         while let Some((node, value)) = seq.next_element::<(K, u64)>()? {
             if value == 0 {
                 // Zero counters are not stored, but a repeat must still be caught.
                 if counters.contains_key(&node) || seen_zero.contains(&node) {
                     return Err(serde::de::Error::custom("duplicate node in vector clock"));
                 }
-                seen_zero.push(node);
+                seen_zero.insert(node);
                 continue;
             }
             if seen_zero.contains(&node) || counters.insert(node, value).is_some() {

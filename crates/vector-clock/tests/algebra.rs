@@ -7,6 +7,9 @@ use vector_clock::{Causality, LamportClock, VectorClock};
 
 type Clock = VectorClock<u8>;
 
+/// `(clock a, clock b, how a relates to b)`.
+type CompareCase = (&'static [(u8, u64)], &'static [(u8, u64)], Causality);
+
 fn clock(pairs: &[(u8, u64)]) -> Clock {
     pairs.iter().copied().collect()
 }
@@ -15,7 +18,7 @@ fn clock(pairs: &[(u8, u64)]) -> Clock {
 
 #[test]
 fn compare_cases() {
-    let cases: &[(&[(u8, u64)], &[(u8, u64)], Causality)] = &[
+    let cases: &[CompareCase] = &[
         (&[], &[], Causality::Equal),
         (&[(1, 1)], &[(1, 1)], Causality::Equal),
         (&[(1, 0)], &[], Causality::Equal),

@@ -414,7 +414,7 @@ fn check_step(
     for &(name, _, _) in &MARKETS {
         let book = ex.market(name).expect("market");
         for side in [Side::Buy, Side::Sell] {
-            let engine = book.resting(side);
+            let engine = ex.resting(name, side).expect("market");
             prop_assert_eq!(
                 &engine,
                 &model.resting(name, side),

@@ -655,7 +655,8 @@ fn best_prices_and_depth_are_best_first() {
     assert_eq!(levels(&depth.bids), ["3@100", "1@99"]);
     assert_eq!(levels(&depth.asks), ["3@101", "1@102"]);
     assert_eq!(book.len(), 7);
-    let ids: Vec<u128> = book.resting(Buy).iter().map(|o| o.id.0).collect();
+    let resting = ex.resting("BTC-USD", Buy).expect("market");
+    let ids: Vec<u128> = resting.iter().map(|o| o.id.0).collect();
     assert_eq!(ids, [2, 3, 1, 4]);
     let empty = ex.market("ETH-USD").expect("market");
     assert_eq!(

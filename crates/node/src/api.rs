@@ -1,0 +1,520 @@
+//! The HTTP JSON API (DESIGN.md section 5), served with axum.
+//!
+//! Every error is `{"error":{"code","message"}}` with a 4xx/5xx status; prices and
+//! quantities are decimal strings, validated against the market before any event exists.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use orderbook_core::{OrderType, Side, TimeInForce};
+use peer_protocol::PlaceOrder;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{ClientError, ClientErrorKind, OrderView};
+use crate::ids::ApiOrderId;
+use crate::runtime::NodeHandle;
+
+/// The largest accepted request body (one order).
+pub const MAX_BODY: usize = 64 * 1024;
+/// The largest accepted batch request body.
+pub const MAX_BATCH_BODY: usize = 1024 * 1024;
+/// The most orders in one `POST /v1/orders/batch`.
+pub const MAX_BATCH_ORDERS: usize = 1000;
+/// The deepest book answered.
+pub const MAX_DEPTH: usize = 1000;
+
+/// The Prometheus recorder of this process.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    /// Builds a recorder and installs it globally if no recorder is installed yet (a second
+    /// node in the same process keeps its own handle and renders only its own gauges).
+    pub(crate) fn install() -> Metrics {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::debug!("a metrics recorder is already installed in this process");
+        }
+        Metrics { handle }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    node: NodeHandle,
+    metrics: Metrics,
+}
+
+/// Serves the API until `shutdown` is cancelled.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    node: NodeHandle,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let app = router(node, metrics);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "API server failed");
+    }
+}
+
+fn router(node: NodeHandle, metrics: Metrics) -> Router {
+    let state = AppState { node, metrics };
+    Router::new()
+        .route(
+            "/v1/orders",
+            post(place).layer(DefaultBodyLimit::max(MAX_BODY)),
+        )
+        .route(
+            "/v1/orders/batch",
+            post(place_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)),
+        )
+        .route("/v1/orders/{id}", get(get_order).delete(cancel))
+        .route("/v1/markets", get(markets))
+        .route("/v1/markets/{market}/book", get(book))
+        .route("/v1/markets/{market}/trades", get(trades))
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/stream", get(stream))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// An API error: status + `{"error":{"code","message"}}`.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn stopped() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopped",
+            "the node is shutting down",
+        )
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        let status = match e.kind {
+            ClientErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ClientErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ClientErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ClientErrorKind::Conflict => StatusCode::CONFLICT,
+            ClientErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.code, e.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+/// The JSON body of a new order; every field a string, parsed strictly.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderBody {
+    market: String,
+    side: String,
+    #[serde(rename = "type", default = "default_type")]
+    order_type: String,
+    #[serde(default)]
+    price: Option<String>,
+    quantity: String,
+    #[serde(default = "default_tif")]
+    time_in_force: String,
+    #[serde(default)]
+    client_order_id: Option<String>,
+}
+
+fn default_type() -> String {
+    "limit".to_owned()
+}
+
+fn default_tif() -> String {
+    "gtc".to_owned()
+}
+
+fn decimal(what: &'static str, text: &str) -> Result<Decimal, ApiError> {
+    let valid = !text.is_empty()
+        && text.len() <= 40
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    let value = valid
+        .then(|| text.parse::<Decimal>().ok())
+        .flatten()
+        .ok_or_else(|| {
+            ApiError::bad(
+                "invalid_decimal",
+                format!("{what} must be a decimal string such as \"100.25\", got {text:?}"),
+            )
+        })?;
+    Ok(value)
+}
+
+fn parse_order(body: OrderBody) -> Result<PlaceOrder, ApiError> {
+    let side = match body.side.as_str() {
+        "buy" => Side::Buy,
+        "sell" => Side::Sell,
+        other => {
+            return Err(ApiError::bad(
+                "invalid_side",
+                format!("side must be buy or sell, got {other:?}"),
+            ));
+        }
+    };
+    let order_type = match body.order_type.as_str() {
+        "limit" => OrderType::Limit,
+        "market" => OrderType::Market,
+        other => {
+            return Err(ApiError::bad(
+                "invalid_type",
+                format!("type must be limit or market, got {other:?}"),
+            ));
+        }
+    };
+    let time_in_force = match body.time_in_force.as_str() {
+        "gtc" => TimeInForce::Gtc,
+        "ioc" => TimeInForce::Ioc,
+        "fok" => TimeInForce::Fok,
+        "post_only" => TimeInForce::PostOnly,
+        other => {
+            return Err(ApiError::bad(
+                "invalid_time_in_force",
+                format!("time_in_force must be gtc, ioc, fok or post_only, got {other:?}"),
+            ));
+        }
+    };
+    let price = body
+        .price
+        .as_deref()
+        .map(|p| decimal("price", p))
+        .transpose()?;
+    let quantity = decimal("quantity", &body.quantity)?;
+    Ok(PlaceOrder {
+        client_order_id: body.client_order_id,
+        market: body.market,
+        side,
+        order_type,
+        price,
+        quantity,
+        time_in_force,
+    })
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(status, "body_too_large", "the request body is too large")
+    } else {
+        ApiError::new(status, "invalid_body", rejection.body_text().to_lowercase())
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad("invalid_json", format!("malformed request: {e}")))
+}
+
+async fn place(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
+    let order = parse_order(json_body::<OrderBody>(&body)?)?;
+    let view = state
+        .node
+        .place(order)
+        .await
+        .map_err(|_| ApiError::stopped())??;
+    Ok((StatusCode::CREATED, axum::Json(view)).into_response())
+}
+
+async fn place_batch(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
+    let bodies: Vec<serde_json::Value> = json_body(&body)?;
+    if bodies.len() > MAX_BATCH_ORDERS {
+        return Err(ApiError::bad(
+            "batch_too_large",
+            format!("at most {MAX_BATCH_ORDERS} orders per batch"),
+        ));
+    }
+    // Parse everything first; only valid orders reach the node.
+    let mut parsed: Vec<Result<PlaceOrder, ApiError>> = Vec::with_capacity(bodies.len());
+    for value in bodies {
+        parsed.push(
+            serde_json::from_value::<OrderBody>(value)
+                .map_err(|e| ApiError::bad("invalid_json", format!("malformed order: {e}")))
+                .and_then(parse_order),
+        );
+    }
+    let valid: Vec<PlaceOrder> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok().cloned())
+        .collect();
+    let mut replies = state
+        .node
+        .place_many(valid)
+        .await
+        .map_err(|_| ApiError::stopped())?
+        .into_iter();
+    let results: Vec<serde_json::Value> = parsed
+        .into_iter()
+        .map(|p| match p {
+            Ok(_) => match replies.next() {
+                Some(Ok(view)) => json!({"status": 201, "order": view}),
+                Some(Err(e)) => {
+                    let e = ApiError::from(e);
+                    json!({"status": e.status.as_u16(), "error": {"code": e.code, "message": e.message}})
+                }
+                None => json!({"status": 503, "error": {"code": "stopped", "message": "no reply"}}),
+            },
+            Err(e) => json!({"status": e.status.as_u16(), "error": {"code": e.code, "message": e.message}}),
+        })
+        .collect();
+    Ok(axum::Json(results).into_response())
+}
+
+fn order_id(text: &str) -> Result<ApiOrderId, ApiError> {
+    text.parse()
+        .map_err(|e: &str| ApiError::bad("invalid_order_id", e))
+}
+
+async fn get_order(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<OrderView>, ApiError> {
+    let id = order_id(&id)?;
+    state
+        .node
+        .order(id)
+        .await
+        .map_err(|_| ApiError::stopped())?
+        .map(axum::Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "order_not_found",
+                format!("no order {id}"),
+            )
+        })
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = order_id(&id)?;
+    let view = state
+        .node
+        .cancel(id)
+        .await
+        .map_err(|_| ApiError::stopped())??;
+    Ok((StatusCode::ACCEPTED, axum::Json(view)).into_response())
+}
+
+async fn markets(State(state): State<AppState>) -> Response {
+    let list: Vec<serde_json::Value> = state
+        .node
+        .markets()
+        .iter()
+        .map(|m| json!({"name": m.name, "tick_size": m.tick_size, "lot_size": m.lot_size}))
+        .collect();
+    axum::Json(list).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct DepthQuery {
+    depth: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+fn unknown_market(market: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_market",
+        format!("unknown market {market:?}"),
+    )
+}
+
+async fn book(
+    State(state): State<AppState>,
+    Path(market): Path<String>,
+    query: Result<Query<DepthQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::bad("invalid_query", e.body_text().to_lowercase()))?;
+    let depth = query.depth.unwrap_or(20).clamp(1, MAX_DEPTH);
+    let book = state
+        .node
+        .book(&market, depth)
+        .await
+        .map_err(|_| ApiError::stopped())?
+        .ok_or_else(|| unknown_market(&market))?;
+    Ok(axum::Json(json!({"market": market, "bids": book.bids, "asks": book.asks})).into_response())
+}
+
+async fn trades(
+    State(state): State<AppState>,
+    Path(market): Path<String>,
+    query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::bad("invalid_query", e.body_text().to_lowercase()))?;
+    let limit = query
+        .limit
+        .unwrap_or(50)
+        .clamp(1, crate::engine::MAX_TRADES_KEPT);
+    let trades = state
+        .node
+        .trades(&market, limit)
+        .await
+        .map_err(|_| ApiError::stopped())?
+        .ok_or_else(|| unknown_market(&market))?;
+    Ok(axum::Json(trades).into_response())
+}
+
+async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let status = state.node.status().await.map_err(|_| ApiError::stopped())?;
+    Ok(axum::Json(status).into_response())
+}
+
+async fn peers(State(state): State<AppState>) -> Response {
+    axum::Json(state.node.peers()).into_response()
+}
+
+async fn health() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let mut text = state.metrics.handle.render();
+    if let Ok(status) = state.node.status().await {
+        let e = &status.engine;
+        let gauges: [(&str, &str, u64); 8] = [
+            ("p2p_exchange_peers", "connected peers", status.peers as u64),
+            (
+                "p2p_exchange_members",
+                "current members",
+                e.members.len() as u64,
+            ),
+            (
+                "p2p_exchange_events_delivered",
+                "events delivered",
+                e.events_delivered,
+            ),
+            (
+                "p2p_exchange_settled_events",
+                "events settled",
+                e.settled_events,
+            ),
+            (
+                "p2p_exchange_pending_events",
+                "events delivered, not yet settled",
+                e.pending_events,
+            ),
+            ("p2p_exchange_lamport", "lamport clock", e.lamport),
+            (
+                "p2p_exchange_rejected_events",
+                "events rejected",
+                e.rejected_events,
+            ),
+            (
+                "p2p_exchange_digest_mismatches",
+                "digest mismatches at the same position",
+                e.digest_mismatches,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            ));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn stream(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let rx = state.node.subscribe();
+    ws.on_upgrade(move |socket| forward(socket, rx))
+}
+
+async fn forward(mut socket: WebSocket, mut rx: tokio::sync::broadcast::Receiver<Arc<str>>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        tokio::select! {
+            item = rx.recv() => match item {
+                Ok(text) => {
+                    if socket.send(WsMessage::Text(text.as_ref().into())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(RecvError::Lagged(skipped)) => {
+                    let note = json!({"type": "lagged", "skipped": skipped}).to_string();
+                    if socket.send(WsMessage::Text(note.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(RecvError::Closed) => break,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,886 @@
+//! The async shell around the [`Engine`]: one tokio task owns the engine and
+//! the store and `select!`s over client requests, transport events, discovery
+//! candidates, a timer and shutdown. Each loop iteration handles a burst of
+//! inputs, flushes the engine, appends and fsyncs what must be durable (group
+//! commit), and only then sends messages and answers clients.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use orderbook_core::{Depth, MarketSpec};
+use peer_protocol::{Identity, Message, NodeId, PlaceOrder};
+use peer_storage::{FilePeerStore, PeerStore};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use transport::{TcpNetwork, Transport, TransportEvent};
+
+use crate::config::Config;
+use crate::engine::{
+    ClientError, Effect, Engine, EngineConfig, EngineStatus, Input, OrderView, Record, TradeView,
+};
+use crate::error::Error;
+use crate::ids::ApiOrderId;
+use crate::storage::{KEY_FILE, Store};
+
+/// Most inputs handled per loop iteration before flushing (bounds latency under load).
+const MAX_BURST: usize = 512;
+/// The engine's timer resolution.
+const TICK: Duration = Duration::from_millis(5);
+
+/// The full status of a node, as `/v1/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// This node's id (hex).
+    pub node_id: String,
+    /// The network id.
+    pub network_id: String,
+    /// The bound P2P address.
+    pub p2p_addr: SocketAddr,
+    /// The bound API address.
+    pub api_addr: SocketAddr,
+    /// The number of connected peers.
+    pub peers: usize,
+    /// Replication state.
+    #[serde(flatten)]
+    pub engine: EngineStatus,
+}
+
+/// A connected peer, as `/v1/peers` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    /// Its node id (hex).
+    pub node_id: String,
+    /// The connection's remote address.
+    pub addr: SocketAddr,
+    /// Where it accepts connections.
+    pub listen_addr: SocketAddr,
+    /// Whether it dialled us.
+    pub inbound: bool,
+    /// The last measured round-trip time.
+    pub rtt_ms: Option<f64>,
+    /// Its agent string.
+    pub agent: String,
+    /// Unix seconds since it connected.
+    pub connected_since: u64,
+}
+
+pub(crate) enum Request {
+    Place(PlaceOrder, oneshot::Sender<Result<OrderView, ClientError>>),
+    PlaceMany(
+        Vec<PlaceOrder>,
+        oneshot::Sender<Vec<Result<OrderView, ClientError>>>,
+    ),
+    Cancel(ApiOrderId, oneshot::Sender<Result<OrderView, ClientError>>),
+    Order(ApiOrderId, oneshot::Sender<Option<OrderView>>),
+    Book(String, usize, oneshot::Sender<Option<Depth>>),
+    Trades(String, usize, oneshot::Sender<Option<Vec<TradeView>>>),
+    Status(oneshot::Sender<Status>),
+}
+
+/// A cheap, cloneable handle to query and drive a running node in-process
+/// (what the HTTP API uses, and what tests use directly).
+#[derive(Clone)]
+pub struct NodeHandle {
+    requests: mpsc::Sender<Request>,
+    transport: transport::Handle,
+    markets: Arc<Vec<MarketSpec>>,
+    stream: broadcast::Sender<Arc<str>>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle").finish_non_exhaustive()
+    }
+}
+
+impl NodeHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Places an order; answers once its event is durable (status `pending` until settled).
+    pub async fn place(&self, order: PlaceOrder) -> Result<Result<OrderView, ClientError>, Error> {
+        self.ask(|tx| Request::Place(order, tx)).await
+    }
+
+    /// Places several orders in one go (one batch, one fsync).
+    pub async fn place_many(
+        &self,
+        orders: Vec<PlaceOrder>,
+    ) -> Result<Vec<Result<OrderView, ClientError>>, Error> {
+        self.ask(|tx| Request::PlaceMany(orders, tx)).await
+    }
+
+    /// Cancels one of this node's orders; answers once the cancel event is durable.
+    pub async fn cancel(&self, id: ApiOrderId) -> Result<Result<OrderView, ClientError>, Error> {
+        self.ask(|tx| Request::Cancel(id, tx)).await
+    }
+
+    /// An order's state.
+    pub async fn order(&self, id: ApiOrderId) -> Result<Option<OrderView>, Error> {
+        self.ask(|tx| Request::Order(id, tx)).await
+    }
+
+    /// The settled book of a market (None: unknown market).
+    pub async fn book(&self, market: &str, depth: usize) -> Result<Option<Depth>, Error> {
+        self.ask(|tx| Request::Book(market.to_owned(), depth, tx))
+            .await
+    }
+
+    /// The newest settled trades of a market, newest first (None: unknown market).
+    pub async fn trades(
+        &self,
+        market: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<TradeView>>, Error> {
+        self.ask(|tx| Request::Trades(market.to_owned(), limit, tx))
+            .await
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<Status, Error> {
+        self.ask(Request::Status).await
+    }
+
+    /// The connected peers.
+    pub fn peers(&self) -> Vec<PeerView> {
+        self.transport
+            .peers()
+            .into_iter()
+            .map(|p| PeerView {
+                node_id: p.node_id.to_string(),
+                addr: p.addr,
+                listen_addr: p.listen_addr,
+                inbound: p.inbound,
+                rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                agent: p.agent,
+                connected_since: p
+                    .connected_since
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            })
+            .collect()
+    }
+
+    /// The markets.
+    pub fn markets(&self) -> &[MarketSpec] {
+        &self.markets
+    }
+
+    /// The transport handle (tests use it to dial, or to cut links).
+    pub fn transport(&self) -> &transport::Handle {
+        &self.transport
+    }
+
+    /// Subscribes to the stream of settled trades and book updates (JSON texts).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.stream.subscribe()
+    }
+}
+
+/// A running node.
+pub struct Node {
+    node_id: NodeId,
+    p2p_addr: SocketAddr,
+    api_addr: SocketAddr,
+    data_dir: PathBuf,
+    handle: NodeHandle,
+    shutdown: CancellationToken,
+    stopped: watch::Receiver<bool>,
+    engine_task: Option<JoinHandle<()>>,
+    api_task: Option<JoinHandle<()>>,
+    discovery_tasks: Vec<JoinHandle<discovery::Result<()>>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node_id", &self.node_id)
+            .field("p2p_addr", &self.p2p_addr)
+            .field("api_addr", &self.api_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Node {
+    /// Starts a node: opens and locks the data directory, loads (or creates) the node key,
+    /// replays the event log, binds the P2P and API listeners (port 0 picks a free port),
+    /// and starts the transport, discovery, engine and API tasks.
+    pub async fn start(config: Config) -> Result<Node, Error> {
+        let data_dir = config.resolved_data_dir();
+        let markets: Vec<MarketSpec> = config
+            .markets
+            .iter()
+            .map(|m| MarketSpec::new(m.name.clone(), m.tick_size, m.lot_size))
+            .collect();
+        if markets.is_empty() {
+            return Err(Error::Config("no markets configured".to_owned()));
+        }
+        let (mut store, records) = Store::open(&data_dir)?;
+        let identity = Arc::new(
+            Identity::load_or_create(&data_dir.join(KEY_FILE))
+                .map_err(|e| Error::Key(e.to_string()))?,
+        );
+        let node_id = identity.node_id();
+        let engine_config = EngineConfig {
+            network_id: config.network_id.clone(),
+            markets: markets.clone(),
+            found: config.found,
+            join_window_ms: config.join_window_ms,
+            heartbeat_ms: config.heartbeat_ms.max(1),
+            frontier_min_interval_ms: 5,
+        };
+        let mut engine = Engine::new(identity.clone(), engine_config).map_err(Error::Config)?;
+        let replayed = records.len();
+        for record in records {
+            match record {
+                Record::Batch(batch) => match batch.verify() {
+                    Ok(batch) => engine.restore_batch(batch),
+                    Err(error) => {
+                        return Err(Error::CorruptLog(format!(
+                            "a stored batch fails verification: {error}"
+                        )));
+                    }
+                },
+                Record::Settled {
+                    lamport,
+                    origin,
+                    seq,
+                } => engine.restore_settled((lamport, origin, seq)),
+            }
+        }
+        engine.finish_restore();
+        // The replayed settled state is final; re-persisting it is not needed.
+        store.sync()?;
+        tracing::info!(
+            node_id = %node_id,
+            records = replayed,
+            settled_events = engine.settled_events(),
+            digest = %crate::ids::hex(&engine.digest()),
+            "event log replayed"
+        );
+
+        let peer_store: Arc<dyn PeerStore> = Arc::new(
+            FilePeerStore::open(config.resolved_peer_storage_path(), Default::default())
+                .map_err(|e| Error::Config(format!("peer table: {e}")))?,
+        );
+        let listen = resolve(&config.p2p_host, config.p2p_port, "p2p")?;
+        let heartbeat = Duration::from_millis(config.heartbeat_ms.max(1));
+        let transport_config = transport::Config {
+            listen,
+            network_id: config.network_id.clone(),
+            market_hash: engine.market_hash(),
+            max_peers: config.max_peers,
+            heartbeat_interval: heartbeat,
+            idle_timeout: heartbeat * 5,
+            reconnect_max: Duration::from_millis(config.peer_reconnect_interval.max(100)),
+            outbound_queue: 16 * 1024,
+            event_queue: 4096,
+            ..transport::Config::default()
+        };
+        let (transport, transport_rx) = Transport::start(
+            transport_config,
+            identity.clone(),
+            TcpNetwork,
+            peer_store.clone(),
+        )
+        .await
+        .map_err(|e| Error::Bind {
+            what: "p2p",
+            addr: listen.to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let p2p_addr = transport.local_addr();
+
+        let api_listen = resolve(&config.api_host, config.resolved_api_port(), "api")?;
+        let api_listener = match tokio::net::TcpListener::bind(api_listen).await {
+            Ok(listener) => listener,
+            Err(source) => {
+                transport.shutdown().await;
+                return Err(Error::Bind {
+                    what: "api",
+                    addr: api_listen.to_string(),
+                    source,
+                });
+            }
+        };
+        let api_addr = api_listener.local_addr().map_err(|source| Error::Bind {
+            what: "api",
+            addr: api_listen.to_string(),
+            source,
+        })?;
+
+        let shutdown = CancellationToken::new();
+        let (requests_tx, requests_rx) = mpsc::channel(1024);
+        let (stream, _) = broadcast::channel(4096);
+        let handle = NodeHandle {
+            requests: requests_tx,
+            transport: transport.clone(),
+            markets: Arc::new(markets),
+            stream: stream.clone(),
+        };
+
+        // Discovery feeds candidate addresses to the transport.
+        let (candidates_tx, candidates_rx) = mpsc::channel(256);
+        let discovery_tasks = start_discovery(
+            &config,
+            node_id,
+            p2p_addr,
+            &peer_store,
+            candidates_tx,
+            &shutdown,
+        );
+
+        let (stopped_tx, stopped) = watch::channel(false);
+        let shell = Shell {
+            engine,
+            store,
+            transport: transport.clone(),
+            peer_store,
+            stream,
+            started: Instant::now(),
+            status_base: StatusBase {
+                node_id: node_id.to_string(),
+                network_id: config.network_id.clone(),
+                p2p_addr,
+                api_addr,
+            },
+        };
+        let engine_task = tokio::spawn(shell.run(
+            transport_rx,
+            requests_rx,
+            candidates_rx,
+            shutdown.clone(),
+            stopped_tx,
+        ));
+        let metrics = crate::api::Metrics::install();
+        let api_task = tokio::spawn(crate::api::serve(
+            api_listener,
+            handle.clone(),
+            metrics,
+            shutdown.clone(),
+        ));
+        tracing::info!(
+            node_id = %node_id,
+            p2p = %p2p_addr,
+            api = %format!("http://{api_addr}"),
+            data_dir = %data_dir.display(),
+            "node started"
+        );
+        Ok(Node {
+            node_id,
+            p2p_addr,
+            api_addr,
+            data_dir,
+            handle,
+            shutdown,
+            stopped,
+            engine_task: Some(engine_task),
+            api_task: Some(api_task),
+            discovery_tasks,
+        })
+    }
+
+    /// This node's id (its public key).
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The bound P2P address.
+    pub fn p2p_addr(&self) -> SocketAddr {
+        self.p2p_addr
+    }
+
+    /// The bound HTTP API address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The data directory in use.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// A handle to query and drive the node in-process.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Waits until the node has stopped (after [`Node::shutdown`] or a fatal storage error).
+    pub async fn wait(&self) {
+        let mut stopped = self.stopped.clone();
+        let _ = stopped.wait_for(|s| *s).await;
+    }
+
+    /// Stops gracefully: pending work is flushed and fsynced, peers get `Goodbye`, the API
+    /// stops, the data directory lock is released.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        if let Some(task) = self.engine_task.take() {
+            let _ = task.await;
+        }
+        if let Some(task) = self.api_task.take() {
+            let _ = task.await;
+        }
+        for task in self.discovery_tasks.drain(..) {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    /// Stops abruptly, as close to `kill -9` as in-process allows: the engine task is
+    /// aborted without flushing (whatever was not fsynced is lost), connections drop.
+    pub async fn crash(mut self) {
+        if let Some(task) = self.engine_task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        self.shutdown.cancel();
+        self.handle.transport.shutdown().await;
+        if let Some(task) = self.api_task.take() {
+            let _ = task.await;
+        }
+        for task in self.discovery_tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn resolve(host: &str, port: u16, what: &'static str) -> Result<SocketAddr, Error> {
+    let text = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    text.parse()
+        .map_err(|e| Error::Config(format!("{what} address {text:?}: {e}")))
+}
+
+fn start_discovery(
+    config: &Config,
+    node_id: NodeId,
+    p2p_addr: SocketAddr,
+    peer_store: &Arc<dyn PeerStore>,
+    sink: mpsc::Sender<discovery::Candidate>,
+    shutdown: &CancellationToken,
+) -> Vec<JoinHandle<discovery::Result<()>>> {
+    let mut tasks = Vec::new();
+    let token = shutdown.child_token();
+    if !config.bootstrap_peers.is_empty() {
+        match discovery::Bootstrap::new(&config.bootstrap_peers) {
+            Ok(bootstrap) => tasks.push(discovery::spawn(
+                Box::new(bootstrap),
+                sink.clone(),
+                token.clone(),
+            )),
+            Err(error) => tracing::warn!(%error, "ignoring invalid BOOTSTRAP_PEERS"),
+        }
+    }
+    tasks.push(discovery::spawn(
+        Box::new(discovery::Persisted::new(peer_store.clone())),
+        sink.clone(),
+        token.clone(),
+    ));
+    if config.discovery_mdns {
+        let interfaces = if config.mdns_interfaces.is_empty() {
+            discovery::MdnsConfig::parse("all")
+        } else {
+            discovery::MdnsConfig::parse(&config.mdns_interfaces.join(","))
+        };
+        match discovery::Mdns::new(
+            interfaces,
+            node_id,
+            config.network_id.clone(),
+            p2p_addr.port(),
+        ) {
+            Ok(mdns) => tasks.push(discovery::spawn(
+                Box::new(mdns),
+                sink.clone(),
+                token.clone(),
+            )),
+            Err(error) => tracing::warn!(%error, "mDNS discovery disabled"),
+        }
+    }
+    if config.discovery_grenache {
+        if discovery::grenache_available() {
+            let grenache_config = discovery::GrenacheConfig::new(
+                config.grape_url.clone(),
+                config.network_id.clone(),
+                p2p_addr.port(),
+            );
+            match discovery::Grenache::new(grenache_config) {
+                Ok(grenache) => tasks.push(discovery::spawn(Box::new(grenache), sink, token)),
+                Err(error) => tracing::warn!(%error, "Grenache discovery disabled"),
+            }
+        } else {
+            tracing::warn!(
+                "DISCOVERY_GRENACHE is on but Grenache support is not compiled in (build with the `grenache` feature)"
+            );
+        }
+    }
+    tasks
+}
+
+struct StatusBase {
+    node_id: String,
+    network_id: String,
+    p2p_addr: SocketAddr,
+    api_addr: SocketAddr,
+}
+
+struct Shell {
+    engine: Engine,
+    store: Store,
+    transport: transport::Handle,
+    peer_store: Arc<dyn PeerStore>,
+    stream: broadcast::Sender<Arc<str>>,
+    started: Instant,
+    status_base: StatusBase,
+}
+
+enum Deferred {
+    One(
+        oneshot::Sender<Result<OrderView, ClientError>>,
+        Result<OrderView, ClientError>,
+    ),
+    Many(
+        oneshot::Sender<Vec<Result<OrderView, ClientError>>>,
+        Vec<Result<OrderView, ClientError>>,
+    ),
+    Read(Request),
+}
+
+impl Shell {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn run(
+        mut self,
+        mut transport_rx: mpsc::Receiver<TransportEvent>,
+        mut requests_rx: mpsc::Receiver<Request>,
+        mut candidates_rx: mpsc::Receiver<discovery::Candidate>,
+        shutdown: CancellationToken,
+        stopped: watch::Sender<bool>,
+    ) {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut effects = Vec::new();
+        let mut deferred = Vec::new();
+        let own_addr = self.transport.local_addr();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(event) = transport_rx.recv() => {
+                    self.on_transport(event, &mut effects);
+                }
+                Some(request) = requests_rx.recv() => {
+                    self.on_request(request, &mut effects, &mut deferred);
+                }
+                Some(candidate) = candidates_rx.recv() => {
+                    if candidate.addr != own_addr && Some(candidate.node_id) != Some(Some(self.engine.node_id())) {
+                        self.transport.add_peer_addr(candidate.addr, candidate.source);
+                    }
+                }
+                _ = ticker.tick() => {
+                    let now_ms = self.now_ms();
+                    self.engine.handle(Input::Tick { now_ms }, &mut effects);
+                }
+            }
+            // A burst: whatever else is ready, bounded.
+            for _ in 0..MAX_BURST {
+                if let Ok(event) = transport_rx.try_recv() {
+                    self.on_transport(event, &mut effects);
+                } else if let Ok(request) = requests_rx.try_recv() {
+                    self.on_request(request, &mut effects, &mut deferred);
+                } else {
+                    break;
+                }
+            }
+            let now_ms = self.now_ms();
+            self.engine.handle(Input::Flush { now_ms }, &mut effects);
+            if let Err(error) = self.execute(&mut effects, &mut deferred) {
+                tracing::error!(%error, "storage failed; stopping the node");
+                break;
+            }
+        }
+        // Graceful end: make this iteration's work durable, say goodbye.
+        let now_ms = self.now_ms();
+        self.engine.handle(Input::Flush { now_ms }, &mut effects);
+        if let Err(error) = self.execute(&mut effects, &mut deferred) {
+            tracing::error!(%error, "storage failed during shutdown");
+        }
+        self.transport.shutdown().await;
+        if let Err(error) = self.peer_store.flush() {
+            tracing::warn!(%error, "cannot save the peer table");
+        }
+        let _ = stopped.send(true);
+    }
+
+    fn on_transport(&mut self, event: TransportEvent, effects: &mut Vec<Effect>) {
+        match event {
+            TransportEvent::Connected { peer, .. } => {
+                self.engine.handle(Input::Connected { peer }, effects);
+                // Peer exchange: ask every new peer whom it knows.
+                let _ = self.transport.send(&peer, &Message::GetPeers);
+            }
+            TransportEvent::Disconnected { peer, .. } => {
+                self.engine.handle(Input::Disconnected { peer }, effects);
+            }
+            TransportEvent::Message {
+                peer,
+                message: Message::GetPeers,
+            } => self.answer_get_peers(&peer),
+            TransportEvent::Message {
+                peer: _,
+                message: Message::Peers(list),
+            } => {
+                let local = discovery::pex::Local {
+                    node_id: Some(self.engine.node_id()),
+                    addrs: vec![self.transport.local_addr()],
+                };
+                let now = now_unix();
+                for candidate in discovery::pex::filter(list, &local, &*self.peer_store, now) {
+                    let known = candidate
+                        .node_id
+                        .is_some_and(|id| self.transport.is_connected(&id));
+                    if !known {
+                        self.transport.add_peer_addr(candidate.addr, candidate.source);
+                    }
+                }
+            }
+            TransportEvent::Message { peer, message } => {
+                match self.engine.check_message(&peer, message) {
+                    Ok(Some(message)) => self.engine.handle(
+                        Input::Peer {
+                            from: peer,
+                            message,
+                        },
+                        effects,
+                    ),
+                    Ok(None) => {}
+                    Err(what) => {
+                        tracing::warn!(peer = %peer.short(), %what, "misbehaving peer");
+                        self.transport.report_misbehaviour(&peer, &what);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers `GetPeers` with our connected peers' listen addresses and the best of the
+    /// peer table (bounded by the protocol limit).
+    fn answer_get_peers(&self, peer: &NodeId) {
+        let mut list: Vec<peer_protocol::PeerAddress> = self
+            .transport
+            .peers()
+            .into_iter()
+            .filter(|p| p.node_id != *peer && discovery::is_dialable(p.listen_addr))
+            .map(|p| peer_protocol::PeerAddress {
+                addr: p.listen_addr,
+                node_id: Some(p.node_id),
+            })
+            .collect();
+        for shared in discovery::pex::shareable(&*self.peer_store, 32, now_unix()) {
+            if !list.iter().any(|p| p.addr == shared.addr) {
+                list.push(shared);
+            }
+        }
+        list.truncate(peer_protocol::MAX_PEERS_PER_MESSAGE);
+        let _ = self.transport.send(peer, &Message::Peers(list));
+    }
+
+    fn on_request(
+        &mut self,
+        request: Request,
+        effects: &mut Vec<Effect>,
+        deferred: &mut Vec<Deferred>,
+    ) {
+        match request {
+            Request::Place(order, tx) => {
+                let reply = self.client_input(|request| Input::Place { request, order }, effects);
+                deferred.push(Deferred::One(tx, reply));
+            }
+            Request::PlaceMany(orders, tx) => {
+                let replies = orders
+                    .into_iter()
+                    .map(|order| {
+                        self.client_input(|request| Input::Place { request, order }, effects)
+                    })
+                    .collect();
+                deferred.push(Deferred::Many(tx, replies));
+            }
+            Request::Cancel(order_id, tx) => {
+                let reply =
+                    self.client_input(|request| Input::Cancel { request, order_id }, effects);
+                deferred.push(Deferred::One(tx, reply));
+            }
+            read => deferred.push(Deferred::Read(read)),
+        }
+    }
+
+    /// Runs one client command and takes its reply out of the effects.
+    fn client_input(
+        &mut self,
+        make: impl FnOnce(u64) -> Input,
+        effects: &mut Vec<Effect>,
+    ) -> Result<OrderView, ClientError> {
+        let mut out = Vec::new();
+        self.engine.handle(make(0), &mut out);
+        let mut reply = None;
+        for effect in out {
+            match effect {
+                Effect::Reply { reply: r, .. } => reply = Some(r),
+                other => effects.push(other),
+            }
+        }
+        reply.unwrap_or_else(|| {
+            Err(ClientError {
+                kind: crate::engine::ClientErrorKind::Unavailable,
+                code: "internal",
+                message: "no reply".to_owned(),
+            })
+        })
+    }
+
+    /// Executes effects: durable records first, one fsync, then everything else.
+    fn execute(
+        &mut self,
+        effects: &mut Vec<Effect>,
+        deferred: &mut Vec<Deferred>,
+    ) -> Result<(), Error> {
+        for effect in effects.iter() {
+            match effect {
+                Effect::Persist(record) => self.store.append(record)?,
+                Effect::WipeLog => self.store.wipe()?,
+                _ => {}
+            }
+        }
+        self.store.sync()?;
+        let mut books = BTreeSet::new();
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Persist(_) | Effect::WipeLog | Effect::Reply { .. } => {}
+                Effect::Send { to, message } => {
+                    if let Err(error) = self.transport.send(&to, &message) {
+                        tracing::debug!(peer = %to.short(), %error, "send failed");
+                    }
+                }
+                Effect::Broadcast { message, except } => {
+                    self.transport.broadcast(&message, except.as_ref());
+                }
+                Effect::Disconnect { peer, reason } => self.transport.disconnect(&peer, reason),
+                Effect::Misbehaviour { peer, what } => {
+                    self.transport.report_misbehaviour(&peer, &what);
+                }
+                Effect::Trade(trade) => {
+                    if self.stream.receiver_count() > 0
+                        && let Ok(text) = serde_json::to_string(&StreamItem::Trade(&trade))
+                    {
+                        let _ = self.stream.send(text.into());
+                    }
+                }
+                Effect::BookChanged(market) => {
+                    books.insert(market);
+                }
+            }
+        }
+        if self.stream.receiver_count() > 0 {
+            for market in books {
+                if let Some(book) = self.engine.book(&market) {
+                    let depth = book.depth(10);
+                    let item = StreamItem::Book {
+                        market: &market,
+                        bids: &depth.bids,
+                        asks: &depth.asks,
+                    };
+                    if let Ok(text) = serde_json::to_string(&item) {
+                        let _ = self.stream.send(text.into());
+                    }
+                }
+            }
+        }
+        for item in deferred.drain(..) {
+            match item {
+                Deferred::One(tx, reply) => {
+                    let _ = tx.send(reply);
+                }
+                Deferred::Many(tx, replies) => {
+                    let _ = tx.send(replies);
+                }
+                Deferred::Read(request) => self.answer(request),
+            }
+        }
+        Ok(())
+    }
+
+    fn answer(&mut self, request: Request) {
+        match request {
+            Request::Order(id, tx) => {
+                let _ = tx.send(self.engine.order(id));
+            }
+            Request::Book(market, depth, tx) => {
+                let _ = tx.send(self.engine.book(&market).map(|b| b.depth(depth)));
+            }
+            Request::Trades(market, limit, tx) => {
+                let known = self.engine.markets().iter().any(|m| m.name == market);
+                let _ = tx.send(known.then(|| self.engine.trades(&market, limit)));
+            }
+            Request::Status(tx) => {
+                let _ = tx.send(Status {
+                    node_id: self.status_base.node_id.clone(),
+                    network_id: self.status_base.network_id.clone(),
+                    p2p_addr: self.status_base.p2p_addr,
+                    api_addr: self.status_base.api_addr,
+                    peers: self.transport.peers().len(),
+                    engine: self.engine.status(),
+                });
+            }
+            // Writes never reach here.
+            Request::Place(_, tx) | Request::Cancel(_, tx) => {
+                let _ = tx.send(Err(ClientError {
+                    kind: crate::engine::ClientErrorKind::Unavailable,
+                    code: "internal",
+                    message: "misrouted request".to_owned(),
+                }));
+            }
+            Request::PlaceMany(_, tx) => {
+                let _ = tx.send(Vec::new());
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StreamItem<'a> {
+    Trade(&'a TradeView),
+    Book {
+        market: &'a str,
+        bids: &'a [(rust_decimal::Decimal, rust_decimal::Decimal)],
+        asks: &'a [(rust_decimal::Decimal, rust_decimal::Decimal)],
+    },
+}

@@ -1,0 +1,790 @@
+//! In-process multi-node tests over real TCP on 127.0.0.1 (mDNS and Grenache off,
+//! discovery by bootstrap list): convergence under concurrent load, restart from the
+//! data directory, a late joiner, the HTTP API, and a malicious peer.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use node::engine::{OrderStatus, OrderView};
+use node::ids::ApiOrderId;
+use node::{Config, Node, NodeHandle};
+use orderbook_core::{OrderType, Side, TimeInForce};
+use peer_protocol::PlaceOrder;
+use rust_decimal::Decimal;
+
+/// Waits for `check` to hold, polling, until `timeout`; panics with `what` otherwise.
+async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn config(dir: &Path, found: bool, bootstrap: Vec<String>) -> Config {
+    Config {
+        network_id: "cluster-test".to_owned(),
+        data_dir: Some(dir.to_path_buf()),
+        p2p_host: "127.0.0.1".to_owned(),
+        p2p_port: 0,
+        api_host: "127.0.0.1".to_owned(),
+        api_port: Some(0),
+        bootstrap_peers: bootstrap,
+        discovery_mdns: false,
+        discovery_grenache: false,
+        found,
+        join_window_ms: 300,
+        heartbeat_ms: 200,
+        peer_reconnect_interval: 500,
+        ..Config::default()
+    }
+}
+
+struct Cluster {
+    dirs: Vec<tempfile::TempDir>,
+    nodes: Vec<Option<Node>>,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        let mut cluster = Cluster {
+            dirs: Vec::new(),
+            nodes: Vec::new(),
+        };
+        for _ in 0..n {
+            cluster.add().await;
+        }
+        cluster.wait_members(n).await;
+        cluster
+    }
+
+    fn bootstrap(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|n| n.p2p_addr().to_string())
+            .collect()
+    }
+
+    /// Adds a node with an empty data dir, bootstrapped to every running node.
+    async fn add(&mut self) -> usize {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let found = self.nodes.is_empty();
+        let node = Node::start(config(dir.path(), found, self.bootstrap()))
+            .await
+            .expect("node starts");
+        self.dirs.push(dir);
+        self.nodes.push(Some(node));
+        self.nodes.len() - 1
+    }
+
+    fn handle(&self, i: usize) -> NodeHandle {
+        self.nodes[i].as_ref().expect("running").handle()
+    }
+
+    fn handles(&self) -> Vec<NodeHandle> {
+        self.nodes.iter().flatten().map(|n| n.handle()).collect()
+    }
+
+    async fn wait_members(&self, n: usize) {
+        let handles = self.handles();
+        wait_for(
+            Duration::from_secs(20),
+            "every node to see every member",
+            || {
+                let handles = handles.clone();
+                async move {
+                    for h in &handles {
+                        match h.status().await {
+                            Ok(s)
+                                if s.engine.members.len() == n
+                                    && s.engine.phase == node::engine::Phase::Member => {}
+                            _ => return false,
+                        }
+                    }
+                    true
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Waits until every running node has settled everything and they agree on the digest.
+    async fn wait_converged(&self) -> String {
+        let handles = self.handles();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut digests = BTreeSet::new();
+            let mut delivered = BTreeSet::new();
+            let mut pending = 0;
+            for h in &handles {
+                let s = h.status().await.expect("node up");
+                pending += s.engine.pending_events;
+                digests.insert(s.engine.digest.clone());
+                delivered.insert(s.engine.events_delivered);
+            }
+            if pending == 0 && digests.len() == 1 && delivered.len() == 1 {
+                return digests.into_iter().next().unwrap_or_default();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no convergence: pending {pending}, digests {digests:?}, delivered {delivered:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn order(side: Side, price: u64, cents: u64, qty_lots: u64, tif: TimeInForce) -> PlaceOrder {
+    PlaceOrder {
+        client_order_id: None,
+        market: "BTC-USD".to_owned(),
+        side,
+        order_type: OrderType::Limit,
+        price: Some(Decimal::new((price * 100 + cents) as i64, 2)),
+        quantity: Decimal::new(qty_lots as i64, 4),
+        time_in_force: tif,
+    }
+}
+
+/// A small deterministic xorshift generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Sends `per_node` random orders (many crossing) and some cancels to every node at once;
+/// returns every acknowledged order.
+async fn load(handles: &[NodeHandle], per_node: usize, seed: u64) -> Vec<OrderView> {
+    let mut tasks = Vec::new();
+    for (i, h) in handles.iter().enumerate() {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(seed + i as u64 * 7919);
+            let mut acked = Vec::new();
+            let mut sent = 0;
+            while sent < per_node {
+                // Batches of up to 20 orders, like a busy client.
+                let n = (1 + rng.next() % 20) as usize;
+                let mut orders = Vec::new();
+                for _ in 0..n.min(per_node - sent) {
+                    let side = if rng.next().is_multiple_of(2) {
+                        Side::Buy
+                    } else {
+                        Side::Sell
+                    };
+                    let tif = match rng.next() % 10 {
+                        0 => TimeInForce::Ioc,
+                        1 => TimeInForce::Fok,
+                        2 => TimeInForce::PostOnly,
+                        _ => TimeInForce::Gtc,
+                    };
+                    orders.push(order(
+                        side,
+                        100 + rng.next() % 3,
+                        rng.next() % 4 * 25,
+                        1 + rng.next() % 5,
+                        tif,
+                    ));
+                }
+                sent += orders.len();
+                for reply in h.place_many(orders).await.expect("node up") {
+                    acked.push(reply.expect("valid order accepted"));
+                }
+                // Cancel a random earlier order now and then.
+                if rng.next().is_multiple_of(3) && !acked.is_empty() {
+                    let victim = &acked[(rng.next() % acked.len() as u64) as usize];
+                    let id: ApiOrderId = victim.order_id.parse().expect("id");
+                    let _ = h.cancel(id).await.expect("node up");
+                }
+            }
+            acked
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("client task"));
+    }
+    all
+}
+
+async fn check_same_state(handles: &[NodeHandle], acked: &[OrderView]) {
+    let first = &handles[0];
+    let book = first
+        .book("BTC-USD", 1000)
+        .await
+        .expect("up")
+        .expect("market");
+    let trades = first
+        .trades("BTC-USD", 10_000)
+        .await
+        .expect("up")
+        .expect("market");
+    assert!(!trades.is_empty(), "crossing orders must trade");
+    // The book is never crossed.
+    if let (Some(bid), Some(ask)) = (book.bids.first(), book.asks.first()) {
+        assert!(bid.0 < ask.0, "crossed book {bid:?} {ask:?}");
+    }
+    for h in &handles[1..] {
+        assert_eq!(
+            h.book("BTC-USD", 1000).await.expect("up"),
+            Some(book.clone())
+        );
+        assert_eq!(
+            h.trades("BTC-USD", 10_000).await.expect("up"),
+            Some(trades.clone())
+        );
+    }
+    // Every acknowledged order is on every node, settled, never over-filled.
+    for h in handles {
+        for placed in acked {
+            let id: ApiOrderId = placed.order_id.parse().expect("id");
+            let view = h
+                .order(id)
+                .await
+                .expect("up")
+                .expect("acknowledged order everywhere");
+            assert_ne!(view.status, OrderStatus::Pending);
+            assert!(
+                view.filled_quantity <= view.quantity,
+                "overfill of {}",
+                view.order_id
+            );
+        }
+    }
+    // Fills add up: the trades' quantity equals the sum of fills on each side.
+    let traded: Decimal = trades.iter().map(|t| t.quantity).sum();
+    let mut filled = Decimal::ZERO;
+    for placed in acked {
+        let id: ApiOrderId = placed.order_id.parse().expect("id");
+        filled += first
+            .order(id)
+            .await
+            .expect("up")
+            .expect("known")
+            .filled_quantity;
+    }
+    assert_eq!(
+        filled,
+        traded * Decimal::TWO,
+        "every trade fills one maker and one taker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_converge_under_concurrent_load() {
+    let cluster = Cluster::start(3).await;
+    let handles = cluster.handles();
+    let acked = load(&handles, 700, 1).await;
+    assert_eq!(acked.len(), 2100);
+    let digest = cluster.wait_converged().await;
+    check_same_state(&handles, &acked).await;
+    for h in &handles {
+        let s = h.status().await.expect("up");
+        assert_eq!(s.engine.digest, digest);
+        assert_eq!(s.engine.digest_mismatches, 0);
+        assert_eq!(s.engine.rejected_events, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_converge_under_concurrent_load() {
+    let cluster = Cluster::start(5).await;
+    let handles = cluster.handles();
+    let acked = load(&handles, 400, 2).await;
+    cluster.wait_converged().await;
+    check_same_state(&handles, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_and_late_nodes_catch_up_to_the_same_digest() {
+    let mut cluster = Cluster::start(3).await;
+    let acked = load(&cluster.handles(), 200, 3).await;
+    cluster.wait_converged().await;
+
+    // Node 2 crashes (no graceful flush) while the others keep trading.
+    let crashed = cluster.nodes[2].take().expect("running");
+    let p2p = crashed.p2p_addr();
+    let crashed_id = crashed.node_id();
+    crashed.crash().await;
+    let during = load(&cluster.handles(), 100, 4).await;
+    // Settlement stalls without node 2 (it is still a member): orders stay pending, and the
+    // status names whom settlement waits for.
+    let status = cluster.handle(0).status().await.expect("up");
+    assert!(status.engine.pending_events > 0, "settlement must stall without a member");
+    assert_eq!(status.engine.waiting_for, vec![crashed_id.to_string()]);
+
+    // Restart from the same data dir, same port so peers' redials find it.
+    let mut cfg = config(cluster.dirs[2].path(), false, cluster.bootstrap());
+    cfg.p2p_port = p2p.port();
+    let restarted = Node::start(cfg).await.expect("restart");
+    cluster.nodes[2] = Some(restarted);
+    let digest = cluster.wait_converged().await;
+
+    // A late node with an empty data dir joins and catches up.
+    cluster.add().await;
+    cluster.wait_members(4).await;
+    let more = load(&cluster.handles(), 50, 5).await;
+    let final_digest = cluster.wait_converged().await;
+    assert_ne!(digest, final_digest);
+    let mut all = acked;
+    all.extend(during);
+    all.extend(more);
+    check_same_state(&cluster.handles(), &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_restores_the_same_digest_from_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(config(dir.path(), true, Vec::new()))
+        .await
+        .expect("start");
+    let h = node.handle();
+    wait_for(Duration::from_secs(5), "founding", || {
+        let h = h.clone();
+        async move { h.status().await.is_ok_and(|s| !s.engine.members.is_empty()) }
+    })
+    .await;
+    let acked = load(std::slice::from_ref(&h), 300, 9).await;
+    let before = h.status().await.expect("up");
+    // A second node on the same data dir is refused while the first runs.
+    let err = Node::start(config(dir.path(), true, Vec::new()))
+        .await
+        .expect_err("locked");
+    assert!(matches!(err, node::Error::DataDirLocked { .. }), "{err}");
+    node.crash().await;
+    let node = Node::start(config(dir.path(), true, Vec::new()))
+        .await
+        .expect("restart");
+    let after = node.handle().status().await.expect("up");
+    assert_eq!(after.node_id, before.node_id);
+    assert_eq!(after.engine.digest, before.engine.digest);
+    assert_eq!(after.engine.settled_events, before.engine.settled_events);
+    for placed in &acked {
+        let id: ApiOrderId = placed.order_id.parse().expect("id");
+        assert!(
+            node.handle().order(id).await.expect("up").is_some(),
+            "acknowledged order lost"
+        );
+    }
+    node.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malicious_peer_changes_nothing() {
+    use peer_protocol::{Event, EventBody, Identity, Message, SignedBatch};
+    use peer_storage::MemoryPeerStore;
+    use transport::{TcpNetwork, Transport, TransportEvent};
+
+    let cluster = Cluster::start(2).await;
+    let handles = cluster.handles();
+    load(&handles, 50, 11).await;
+    let digest = cluster.wait_converged().await;
+    let victim = cluster.nodes[0].as_ref().expect("running");
+
+    // A peer speaking the real protocol with its own key.
+    let evil = Arc::new(Identity::generate());
+    let market_hash = node::ids::market_hash(handles[0].markets());
+    let (t, mut events) = Transport::start(
+        transport::Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            network_id: "cluster-test".to_owned(),
+            market_hash,
+            ..transport::Config::default()
+        },
+        evil.clone(),
+        TcpNetwork,
+        Arc::new(MemoryPeerStore::new(100)),
+    )
+    .await
+    .expect("transport");
+    let victim_id = t.dial(victim.p2p_addr()).await.expect("dial");
+    // Learn a member's last events from the victim's log, by sync.
+    let member = handles[1]
+        .status()
+        .await
+        .expect("up")
+        .node_id
+        .parse()
+        .expect("node id");
+    t.send(
+        &victim_id,
+        &Message::SyncRequest {
+            clock: Default::default(),
+        },
+    )
+    .expect("send");
+    let mut genuine: Option<SignedBatch> = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while genuine.is_none() && Instant::now() < deadline {
+        if let Ok(Some(TransportEvent::Message {
+            message: Message::SyncResponse { batches, .. },
+            ..
+        })) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+        {
+            genuine = batches.into_iter().rfind(|b| b.origin() == member);
+        }
+    }
+    let genuine = genuine.expect("a batch of the member");
+
+    // 1. Replayed: a genuine old batch again.
+    t.send(&victim_id, &Message::Batch(genuine.clone()))
+        .expect("send");
+    // 2. Altered: a genuine batch with a changed quantity, old signature.
+    let mut altered_events = genuine.events().to_vec();
+    altered_events[0].seq += 10_000;
+    let altered = SignedBatch::from_parts(altered_events, *genuine.signature()).expect("parts");
+    t.send(&victim_id, &Message::Batch(altered)).expect("send");
+    // 3. Forged: events in the member's name signed with the evil key.
+    let forged_event = Event {
+        origin: member,
+        seq: genuine.last_seq() + 1,
+        lamport: genuine.last_lamport() + 1_000_000,
+        body: EventBody::Leave,
+    };
+    let forged = SignedBatch::from_parts(vec![forged_event], evil.sign(b"forged")).expect("parts");
+    t.send(&victim_id, &Message::Batch(forged)).expect("send");
+    // 4. Backdated and from a non-member: its own validly signed events, lamport 1.
+    let backdated = Event {
+        origin: evil.node_id(),
+        seq: 1,
+        lamport: 1,
+        body: EventBody::Leave,
+    };
+    let backdated = SignedBatch::sign(&evil, vec![backdated]).expect("signed");
+    let _ = t.send(&victim_id, &Message::Batch(backdated));
+
+    // The victim drops the forger (bad signatures are misbehaviour) and nothing changed.
+    wait_for(
+        Duration::from_secs(5),
+        "the victim to drop the forger",
+        || {
+            let t = t.clone();
+            async move { !t.is_connected(&victim_id) }
+        },
+    )
+    .await;
+    let after = cluster.wait_converged().await;
+    assert_eq!(after, digest);
+    let status = handles[0].status().await.expect("up");
+    assert_eq!(status.engine.members.len(), 2);
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_follows_the_design() {
+    let cluster = Cluster::start(2).await;
+    let base = format!(
+        "http://{}",
+        cluster.nodes[0].as_ref().expect("up").api_addr()
+    );
+    let other = format!(
+        "http://{}",
+        cluster.nodes[1].as_ref().expect("up").api_addr()
+    );
+    let http = reqwest::Client::new();
+    let post = |body: serde_json::Value| {
+        let http = http.clone();
+        let url = format!("{base}/v1/orders");
+        async move { http.post(url).json(&body).send().await.expect("request") }
+    };
+
+    let health: serde_json::Value = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "ok");
+
+    // Bad input: 4xx with a JSON error, nothing created.
+    let bad = [
+        (
+            serde_json::json!({"market":"NOPE","side":"buy","type":"limit","price":"1","quantity":"1"}),
+            "unknown_market",
+        ),
+        (
+            serde_json::json!({"market":"BTC-USD","side":"buy","type":"limit","price":"1.001","quantity":"1"}),
+            "off_tick",
+        ),
+        (
+            serde_json::json!({"market":"BTC-USD","side":"buy","type":"limit","price":"1","quantity":"0"}),
+            "invalid_quantity",
+        ),
+        (
+            serde_json::json!({"market":"BTC-USD","side":"buy","type":"limit","price":"1","quantity":"-1"}),
+            "invalid_quantity",
+        ),
+        (
+            serde_json::json!({"market":"BTC-USD","side":"buy","type":"limit","price":"abc","quantity":"1"}),
+            "invalid_decimal",
+        ),
+        (
+            serde_json::json!({"market":"BTC-USD","side":"buy","type":"limit","price":1.5,"quantity":"1"}),
+            "invalid_json",
+        ),
+        (
+            serde_json::json!({"market":"BTC-USD","side":"up","type":"limit","price":"1","quantity":"1"}),
+            "invalid_side",
+        ),
+    ];
+    for (body, code) in bad {
+        let res = post(body).await;
+        assert_eq!(res.status(), 400);
+        let err: serde_json::Value = res.json().await.expect("json");
+        assert_eq!(err["error"]["code"], code);
+    }
+    let res = http
+        .post(format!("{base}/v1/orders"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 400);
+    let huge = "x".repeat(70 * 1024);
+    let res = http
+        .post(format!("{base}/v1/orders"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 413);
+    let err: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["code"], "body_too_large");
+    let status: serde_json::Value = http
+        .get(format!("{base}/v1/status"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["events_delivered"], status["settled_events"]);
+    let delivered_before = status["events_delivered"].clone();
+
+    // Place, idempotently.
+    let body = serde_json::json!({"market":"BTC-USD","side":"sell","type":"limit","price":"100.50","quantity":"2","time_in_force":"gtc","client_order_id":"c-1"});
+    let res = post(body.clone()).await;
+    assert_eq!(res.status(), 201);
+    let placed: serde_json::Value = res.json().await.expect("json");
+    assert!(placed["order_id"].is_string());
+    let again: serde_json::Value = post(body).await.json().await.expect("json");
+    assert_eq!(again["order_id"], placed["order_id"]);
+    let id = placed["order_id"].as_str().expect("id").to_owned();
+
+    // A crossing buy on the other node.
+    let res = http
+        .post(format!("{other}/v1/orders"))
+        .json(
+            &serde_json::json!({"market":"BTC-USD","side":"buy","type":"market","quantity":"0.5"}),
+        )
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 201);
+    cluster.wait_converged().await;
+
+    let order: serde_json::Value = http
+        .get(format!("{base}/v1/orders/{id}"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(order["status"], "partially_filled");
+    assert_eq!(order["filled_quantity"], "0.5000");
+    assert_eq!(order["remaining_quantity"], "1.5000");
+    let book: serde_json::Value = http
+        .get(format!("{other}/v1/markets/BTC-USD/book?depth=5"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(book["asks"][0], serde_json::json!(["100.50", "1.5000"]));
+    let trades: serde_json::Value = http
+        .get(format!("{other}/v1/markets/BTC-USD/trades?limit=10"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(trades[0]["price"], "100.50");
+    assert_eq!(trades[0]["maker_order_id"], id.as_str());
+    assert_eq!(trades[0]["taker_side"], "buy");
+    let markets: serde_json::Value = http
+        .get(format!("{base}/v1/markets"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(markets[0]["tick_size"], "0.01");
+    let res = http
+        .get(format!("{base}/v1/markets/NOPE/book"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 404);
+
+    // Only the origin may cancel; then it is cancelled everywhere.
+    let res = http
+        .delete(format!("{other}/v1/orders/{id}"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 403);
+    let res = http
+        .delete(format!("{base}/v1/orders/{id}"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 202);
+    cluster.wait_converged().await;
+    let order: serde_json::Value = http
+        .get(format!("{other}/v1/orders/{id}"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(order["status"], "cancelled");
+
+    let status: serde_json::Value = http
+        .get(format!("{base}/v1/status"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["peers"], 1);
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(2));
+    assert!(status["events_delivered"].as_u64() > delivered_before.as_u64());
+    let peers: serde_json::Value = http
+        .get(format!("{base}/v1/peers"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(peers.as_array().map(Vec::len), Some(1));
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("req")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("p2p_exchange_settled_events"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_started_together_end_in_one_network() {
+    // The seed's quick start: nodes started at about the same time, none told to found, each
+    // bootstrapped to the earlier ones. Whoever founds first (or the lower genesis, if several
+    // found at once) wins; everyone ends up a member of one network.
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let mut nodes: Vec<Node> = Vec::new();
+    for dir in &dirs {
+        let bootstrap = nodes.iter().map(|n| n.p2p_addr().to_string()).collect();
+        nodes.push(Node::start(config(dir.path(), false, bootstrap)).await.expect("start"));
+    }
+    let handles: Vec<NodeHandle> = nodes.iter().map(Node::handle).collect();
+    wait_for(Duration::from_secs(20), "one network of three members", || {
+        let handles = handles.clone();
+        async move {
+            let mut geneses = BTreeSet::new();
+            for h in &handles {
+                match h.status().await {
+                    Ok(s) if s.engine.members.len() == 3 => {
+                        geneses.insert(s.engine.genesis.clone());
+                    }
+                    _ => return false,
+                }
+            }
+            geneses.len() == 1
+        }
+    })
+    .await;
+    let acked = load(&handles, 50, 21).await;
+    let cluster = Cluster { dirs, nodes: nodes.into_iter().map(Some).collect() };
+    cluster.wait_converged().await;
+    check_same_state(&handles, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_settle_quickly_and_trades_are_streamed() {
+    let cluster = Cluster::start(3).await;
+    let maker = cluster.handle(0);
+    let taker = cluster.handle(2);
+    let mut stream = cluster.handle(1).subscribe();
+    let mut latencies = Vec::new();
+    for i in 0..40u64 {
+        maker
+            .place(order(Side::Sell, 100, 0, 1, TimeInForce::Gtc))
+            .await
+            .expect("up")
+            .expect("placed");
+        let start = Instant::now();
+        let placed = taker
+            .place(order(Side::Buy, 100, 0, 1, TimeInForce::Ioc))
+            .await
+            .expect("up")
+            .expect("placed");
+        let id: ApiOrderId = placed.order_id.parse().expect("id");
+        loop {
+            let view = taker.order(id).await.expect("up").expect("known");
+            if view.status != OrderStatus::Pending {
+                assert_eq!(view.status, OrderStatus::Filled, "order {i}");
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "order {i} never settled");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let p90 = latencies[latencies.len() * 9 / 10];
+    eprintln!("ack-to-settled latency over 3 nodes (debug build): p50 {p50:?} p90 {p90:?}");
+    // G5: settled within a few heartbeat intervals (200 ms here) while everyone is connected.
+    assert!(p90 < Duration::from_millis(1000), "p90 {p90:?}");
+    // The other node streamed the trades as JSON.
+    let mut trades = 0;
+    while let Ok(text) = stream.try_recv() {
+        let item: serde_json::Value = serde_json::from_str(&text).expect("json");
+        if item["type"] == "trade" {
+            trades += 1;
+            assert!(item["trade_id"].is_u64());
+        }
+    }
+    assert_eq!(trades, 40);
+}
