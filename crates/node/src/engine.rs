@@ -1835,6 +1835,8 @@ impl Engine {
                 if is_member && !self.members.contains(&member) {
                     self.members.insert(member);
                     self.member_floor.insert(member, key.0);
+                    // Peers pick sponsors by the member list we advertise.
+                    self.announce_info = true;
                     tracing::info!(member = %member.short(), by = %origin.short(), "member joined");
                 }
             }

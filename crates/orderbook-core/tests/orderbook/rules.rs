@@ -858,3 +858,44 @@ fn invalid_snapshots_are_refused() {
     }
     assert!(Exchange::restore(good).is_ok());
 }
+
+#[test]
+fn many_cancels_keep_fifo_and_bounded_queues() {
+    let mut ex = exchange();
+    for id in 1..=200u128 {
+        ex.execute(lim(id, Sell, "100", "1", Gtc));
+    }
+    // Cancel all but every tenth order, in a scattered order.
+    for id in (1..=200u128).rev().filter(|id| id % 10 != 0) {
+        assert_eq!(ex.execute(cxl(id, 100 + id as u64)).len(), 1);
+        ex.check_invariants().expect("invariants after a cancel");
+    }
+    let expected: Vec<u128> = (1..=20).map(|k| k * 10).collect();
+    let resting = ex.resting("BTC-USD", Sell).expect("market");
+    assert_eq!(resting.iter().map(|o| o.id.0).collect::<Vec<_>>(), expected);
+    // The survivors still fill in time order.
+    let events: Vec<String> = ex
+        .execute(mkt(999, Buy, "3", Ioc))
+        .iter()
+        .map(show)
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "accepted 999",
+            "trade 10<-999 1@100",
+            "filled 10",
+            "trade 20<-999 1@100",
+            "filled 20",
+            "trade 30<-999 1@100",
+            "filled 30",
+            "filled 999"
+        ]
+    );
+    // A re-used id of a cancelled order is a new order at the back of the queue.
+    ex.execute(lim(1, Sell, "100", "1", Gtc));
+    let resting = ex.resting("BTC-USD", Sell).expect("market");
+    assert_eq!(resting.last().map(|o| o.id.0), Some(1));
+    assert_eq!(resting.len(), 18);
+    ex.check_invariants().expect("invariants");
+}
