@@ -87,6 +87,9 @@ pub struct ApiArgs {
     /// Base URL of the node's HTTP API
     #[arg(long, env = "API_URL", default_value = "http://127.0.0.1:8000")]
     pub api: String,
+    /// Print the node's JSON answer instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// An order side.

@@ -8,7 +8,7 @@ use anyhow::{Context, anyhow};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Map, Value, json};
 
-use crate::cli::{Command, OrderArgs};
+use crate::cli::{ApiArgs, Command, OrderArgs};
 use crate::table::{Align, Table};
 
 /// Responses larger than this are refused rather than buffered.
@@ -148,85 +148,106 @@ fn api_error(status: StatusCode, body: &[u8]) -> ApiError {
     }
 }
 
-/// Runs one client subcommand and returns what to print.
+/// Runs one client subcommand and returns what to print: a table, or with
+/// `--json` the node's answer as pretty-printed JSON.
 pub async fn run(command: &Command) -> anyhow::Result<String> {
-    match command {
-        Command::Node(_) => Err(anyhow!("`node` is not a client subcommand")),
-        Command::Order(order) => place(order).await,
+    let (api, answer, render): (&ApiArgs, Value, fn(&Value) -> String) = match command {
+        Command::Node(_) => return Err(anyhow!("`node` is not a client subcommand")),
+        Command::Order(order) => {
+            let body = order_body(order)?;
+            let answer = Client::new(&order.api.api)?
+                .call(Method::POST, &["v1", "orders"], &[], Some(&body))
+                .await?;
+            (&order.api, answer, |v| render_object(v, ORDER_FIELDS))
+        }
         Command::Cancel { id, api } => {
             let answer = Client::new(&api.api)?
                 .call(Method::DELETE, &["v1", "orders", id], &[], None)
                 .await?;
-            if answer.is_object() {
-                Ok(render_object(&answer))
-            } else {
-                Ok(format!("cancel of {id} accepted\n"))
-            }
+            (api, answer, |v| match v {
+                Value::Object(_) => render_object(v, ORDER_FIELDS),
+                _ => "cancel accepted\n".to_owned(),
+            })
         }
         Command::OrderStatus { id, api } => {
             let answer = Client::new(&api.api)?
                 .call(Method::GET, &["v1", "orders", id], &[], None)
                 .await?;
-            Ok(render_object(&answer))
+            (api, answer, |v| render_object(v, ORDER_FIELDS))
         }
         Command::Book { market, depth, api } => {
+            let query = [("depth", depth.to_string())];
             let answer = Client::new(&api.api)?
                 .call(
                     Method::GET,
                     &["v1", "markets", market, "book"],
-                    &[("depth", depth.to_string())],
+                    &query,
                     None,
                 )
                 .await?;
-            Ok(render_book(&answer))
+            (api, answer, render_book)
         }
         Command::Trades { market, limit, api } => {
+            let query = [("limit", limit.to_string())];
             let answer = Client::new(&api.api)?
                 .call(
                     Method::GET,
                     &["v1", "markets", market, "trades"],
-                    &[("limit", limit.to_string())],
+                    &query,
                     None,
                 )
                 .await?;
-            Ok(render_list(
-                &answer,
-                &[
-                    "trade_id",
-                    "price",
-                    "quantity",
-                    "taker_side",
-                    "maker_order_id",
-                    "taker_order_id",
-                ],
-            ))
+            (api, answer, |v| render_list(v, TRADE_FIELDS))
         }
         Command::Markets { api } => {
             let answer = Client::new(&api.api)?
                 .call(Method::GET, &["v1", "markets"], &[], None)
                 .await?;
-            Ok(render_list(
-                &answer,
-                &["name", "market", "tick_size", "lot_size"],
-            ))
+            (api, answer, |v| {
+                render_list(v, &["name", "market", "tick_size", "lot_size"])
+            })
         }
         Command::Status { api } => {
             let answer = Client::new(&api.api)?
                 .call(Method::GET, &["v1", "status"], &[], None)
                 .await?;
-            Ok(render_object(&answer))
+            (api, answer, |v| render_object(v, STATUS_FIELDS))
         }
         Command::Peers { api } => {
             let answer = Client::new(&api.api)?
                 .call(Method::GET, &["v1", "peers"], &[], None)
                 .await?;
-            Ok(render_list(
-                &answer,
-                &["node_id", "addr", "address", "direction", "score"],
-            ))
+            (api, answer, |v| render_list(v, PEER_FIELDS))
         }
+    };
+    if api.json {
+        let mut text = serde_json::to_string_pretty(&answer)?;
+        text.push('\n');
+        Ok(text)
+    } else {
+        Ok(render(&answer))
     }
 }
+
+/// The columns of a trade shown first, in this order.
+const TRADE_FIELDS: &[&str] = &[
+    "trade_id",
+    "price",
+    "quantity",
+    "taker_side",
+    "maker_order_id",
+    "taker_order_id",
+];
+
+/// The columns of a peer shown first, in this order.
+const PEER_FIELDS: &[&str] = &[
+    "node_id",
+    "addr",
+    "listen_addr",
+    "inbound",
+    "rtt_ms",
+    "agent",
+];
 
 /// The `POST /v1/orders` body for `order`.
 pub fn order_body(order: &OrderArgs) -> anyhow::Result<Value> {
@@ -253,32 +274,84 @@ pub fn order_body(order: &OrderArgs) -> anyhow::Result<Value> {
     Ok(body)
 }
 
-async fn place(order: &OrderArgs) -> anyhow::Result<String> {
-    let body = order_body(order)?;
-    let answer = Client::new(&order.api.api)?
-        .call(Method::POST, &["v1", "orders"], &[], Some(&body))
-        .await?;
-    Ok(render_object(&answer))
-}
+/// The fields of an order shown first, in this order.
+const ORDER_FIELDS: &[&str] = &[
+    "order_id",
+    "status",
+    "market",
+    "side",
+    "type",
+    "price",
+    "quantity",
+    "filled_quantity",
+    "remaining_quantity",
+    "time_in_force",
+    "client_order_id",
+    "reason",
+];
 
-/// A cell's text: strings unquoted, arrays comma-joined, null empty.
+/// The fields of `/v1/status` shown first, in this order.
+const STATUS_FIELDS: &[&str] = &[
+    "node_id",
+    "network_id",
+    "phase",
+    "p2p_addr",
+    "api_addr",
+    "peers",
+    "members",
+    "events_delivered",
+    "settled_events",
+    "pending_events",
+    "waiting_for",
+    "digest",
+];
+
+/// A cell's text: strings unquoted, arrays comma-joined, null empty,
+/// fractional numbers (such as round-trip times) to three places.
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(", "),
+        Value::Number(n) if !(n.is_i64() || n.is_u64()) => match n.as_f64() {
+            Some(f) => format!("{f:.3}"),
+            None => n.to_string(),
+        },
         other => other.to_string(),
     }
 }
 
-/// An object as a two-column FIELD / VALUE table.
-pub fn render_object(value: &Value) -> String {
+/// An object as a two-column FIELD / VALUE table: the `preferred` fields
+/// first, then the rest alphabetically; null and empty-string fields are
+/// left out, and a list prints one item per line.
+pub fn render_object(value: &Value, preferred: &[&str]) -> String {
     let Some(object) = value.as_object() else {
         return format!("{}\n", cell(value));
     };
+    let mut keys: Vec<&str> = preferred
+        .iter()
+        .copied()
+        .filter(|key| object.contains_key(*key))
+        .collect();
+    keys.extend(
+        object
+            .keys()
+            .map(String::as_str)
+            .filter(|key| !preferred.contains(key)),
+    );
     let mut table = Table::new(["FIELD", "VALUE"]);
-    for (key, value) in object {
-        table.row([key.clone(), cell(value)]);
+    for key in keys {
+        match &object[key] {
+            Value::Null => {}
+            Value::String(s) if s.is_empty() => {}
+            Value::Array(items) if items.is_empty() => table.row([key, "(none)"]),
+            Value::Array(items) if items.iter().all(|i| !i.is_array() && !i.is_object()) => {
+                for (index, item) in items.iter().enumerate() {
+                    table.row([if index == 0 { key } else { "" }.to_owned(), cell(item)]);
+                }
+            }
+            value => table.row([key.to_owned(), cell(value)]),
+        }
     }
     table.to_string()
 }
@@ -303,7 +376,7 @@ fn as_rows(value: &Value) -> Option<&Vec<Value>> {
 /// that order, then any other field in order of first appearance.
 pub fn render_list(value: &Value, preferred: &[&str]) -> String {
     let Some(items) = as_rows(value) else {
-        return render_object(value);
+        return render_object(value, &[]);
     };
     if items.is_empty() {
         let header = Table::new(preferred.iter().map(|c| c.to_uppercase()));
@@ -504,9 +577,17 @@ BID QTY  BID PRICE  ASK PRICE  ASK QTY
 
     #[test]
     fn an_object_prints_as_fields() {
-        let status = json!({"node_id":"abc","peers":2,"members":["abc","def"],"digest":null});
-        let text = render_object(&status);
-        assert!(text.contains("members  abc, def"), "{text}");
-        assert!(text.contains("peers    2"), "{text}");
+        let status = json!({"node_id":"abc","peers":2,"members":["abc","def"],
+                            "digest":null,"waiting_for":"","rtt":1.23456,"extra":[]});
+        let expected = "\
+FIELD    VALUE
+node_id  abc
+peers    2
+members  abc
+         def
+extra    (none)
+rtt      1.235
+";
+        assert_eq!(render_object(&status, STATUS_FIELDS), expected);
     }
 }

@@ -14,13 +14,12 @@ pub async fn node(args: &NodeArgs) -> anyhow::Result<()> {
     let env = merge_env(dotenv(args)?, process_env()?);
     let settings = Settings::load(args.config.as_deref(), env, &args.overrides())?;
     init_logging(&settings)?;
+    // Installed before the node starts, so an early SIGTERM still shuts it
+    // down gracefully instead of killing the process.
+    let mut signals = Signals::install()?;
     let config = settings.to_node_config();
-    if config.discovery_grenache && !cfg!(feature = "grenache") {
-        tracing::warn!(
-            "DISCOVERY_GRENACHE is true but Grenache is not compiled in \
-             (build with the `grenache` feature); continuing without Grenache discovery"
-        );
-    }
+    // Without the `grenache` feature the node itself logs clearly that
+    // Grenache is not compiled in when DISCOVERY_GRENACHE asks for it.
     tracing::info!(
         network_id = %config.network_id,
         data_dir = %config.resolved_data_dir().display(),
@@ -29,22 +28,31 @@ pub async fn node(args: &NodeArgs) -> anyhow::Result<()> {
         "starting node"
     );
     tracing::debug!(?config, "settings");
+    let network_id = config.network_id.clone();
     let node = node::Node::start(config)
         .await
         .context("cannot start the node")?;
     println!("node id:  {}", node.node_id());
     println!("p2p:      {}", node.p2p_addr());
     println!("api:      http://{}", reachable(node.api_addr()));
+    println!("network:  {network_id}");
+    println!("data dir: {}", node.data_dir().display());
 
-    let reason = wait_for_stop(&node).await?;
+    let (reason, unexpected) = tokio::select! {
+        signal = signals.recv() => (signal, false),
+        () = node.wait() => ("the node stopped on its own", true),
+    };
     tracing::info!(reason, "shutting down");
     tokio::select! {
         result = node.shutdown() => result.context("shutdown failed")?,
-        _ = tokio::signal::ctrl_c() => {
-            return Err(anyhow!("interrupted again; stopped without a clean shutdown"));
+        signal = signals.recv() => {
+            return Err(anyhow!("{signal} again; stopped without a clean shutdown"));
         }
     }
     tracing::info!("stopped");
+    if unexpected {
+        return Err(anyhow!("the node stopped on its own (see the log above)"));
+    }
     Ok(())
 }
 
@@ -87,7 +95,8 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
         .with_context(|| format!("invalid RUST_LOG filter {directives:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let installed = match settings.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -95,29 +104,44 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
     installed.map_err(|error| anyhow!("cannot install the logger: {error}"))
 }
 
-/// Waits for SIGINT, SIGTERM or the node stopping on its own.
-async fn wait_for_stop(node: &node::Node) -> anyhow::Result<&'static str> {
+/// The signals that stop a node: SIGINT and SIGTERM (Ctrl-C elsewhere).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => {
-                result.context("cannot listen for SIGINT")?;
-                Ok("SIGINT")
-            }
-            _ = terminate.recv() => Ok("SIGTERM"),
-            () = node.wait() => Ok("the node stopped"),
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts listening; from here on the signals no longer kill the process.
+    fn install() -> anyhow::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => {
-                result.context("cannot listen for Ctrl-C")?;
-                Ok("Ctrl-C")
+
+    /// The name of the next signal received.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
             }
-            () = node.wait() => Ok("the node stopped"),
+        }
+        #[cfg(not(unix))]
+        {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => "Ctrl-C",
+                Err(_) => std::future::pending().await,
+            }
         }
     }
 }

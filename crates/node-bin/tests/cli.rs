@@ -50,6 +50,53 @@ fn run(args: &[&str]) -> Output {
     command().args(args).output().expect("run p2p-exchange")
 }
 
+/// Runs `command` to completion, killing it (and failing) if it runs past
+/// `limit`: for invocations that must fail fast rather than start a node.
+fn output_within(mut command: Command, limit: Duration) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn p2p-exchange");
+    let mut guard = ChildGuard(child);
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let out = read(
+        guard
+            .0
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = read(
+        guard
+            .0
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after {limit:?}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -125,15 +172,16 @@ fn invalid_settings_fail_fast_with_a_clear_message() {
         ("BOOTSTRAP_PEERS", "nohost", "host:port"),
         ("LOG_FORMAT", "xml", "neither text nor json"),
     ] {
-        let output = command()
-            .env(var, value)
-            .output()
-            .expect("run p2p-exchange");
+        let mut node = command();
+        node.env(var, value);
+        let output = output_within(node, Duration::from_secs(30));
         assert!(!output.status.success(), "{var}={value} accepted");
         let text = stderr(&output);
         assert!(text.contains(expected), "{var}={value}: {text}");
     }
-    let flag = run(&["--markets", "X:0:1"]);
+    let mut node = command();
+    node.args(["--markets", "X:0:1"]);
+    let flag = output_within(node, Duration::from_secs(30));
     assert!(!flag.status.success());
     assert!(
         stderr(&flag).contains("must be positive"),
@@ -147,16 +195,16 @@ fn log_format_json_writes_json_lines_and_start_errors_exit_non_zero() {
     // A data directory that is a regular file: the node cannot start, but
     // only after logging has been set up.
     let file = tempfile::NamedTempFile::new().expect("temp file");
-    let output = command()
-        .env("DATA_DIR", file.path())
+    let mut node = command();
+    node.env("DATA_DIR", file.path())
         .env("P2P_HOST", "127.0.0.1")
         .env("P2P_PORT", "0")
+        .env("API_PORT", "0")
         .env("DISCOVERY_MDNS", "false")
         .env("DISCOVERY_GRENACHE", "false")
         .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("run p2p-exchange");
+        .env("RUST_LOG", "info");
+    let output = output_within(node, Duration::from_secs(30));
     assert!(!output.status.success());
     let text = stderr(&output);
     let first = text.lines().next().unwrap_or_default();
@@ -165,6 +213,41 @@ fn log_format_json_writes_json_lines_and_start_errors_exit_non_zero() {
     assert_eq!(line["level"], "INFO", "{line}");
     assert_eq!(line["fields"]["message"], "starting node", "{line}");
     assert!(text.contains("cannot start the node"), "{text}");
+}
+
+#[test]
+fn a_dotenv_file_is_read_and_the_environment_and_flags_win_over_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join(".env"), "LOG_FORMAT=xml\n").expect("write .env");
+    // A data directory that is a file makes a node fail right after its
+    // settings load, so each run shows which layer won.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "").expect("write file");
+    let attempt = |env: &[(&str, &str)], args: &[&str]| {
+        let mut node = command();
+        node.current_dir(dir.path())
+            .env("DATA_DIR", &blocker)
+            .env("P2P_PORT", "0")
+            .env("API_PORT", "0")
+            .env("DISCOVERY_MDNS", "false")
+            .env("DISCOVERY_GRENACHE", "false")
+            .envs(env.iter().copied())
+            .args(args);
+        let output = output_within(node, Duration::from_secs(30));
+        assert!(!output.status.success());
+        stderr(&output)
+    };
+    let from_dotenv = attempt(&[], &[]);
+    assert!(
+        from_dotenv.contains("neither text nor json"),
+        "{from_dotenv}"
+    );
+    let env_wins = attempt(&[("LOG_FORMAT", "text")], &[]);
+    assert!(env_wins.contains("cannot start the node"), "{env_wins}");
+    let flag_wins = attempt(&[], &["--log-format", "text"]);
+    assert!(flag_wins.contains("cannot start the node"), "{flag_wins}");
+    let missing = attempt(&[("LOG_FORMAT", "text")], &["--env-file", "missing.env"]);
+    assert!(missing.contains("missing.env"), "{missing}");
 }
 
 /// Answers each connection with the next scripted response and records the
@@ -308,7 +391,7 @@ fn client_subcommands_call_the_documented_routes_and_print_tables() {
     assert!(text.contains("t-1"), "{text}");
 
     let cancel = command()
-        .args(["cancel", "ab12-1"])
+        .args(["cancel", "ab12-1", "--json"])
         .env("API_URL", api)
         .output()
         .expect("run");
@@ -469,6 +552,22 @@ fn a_node_process_serves_orders_and_stops_on_sigterm() {
     assert!(placed.status.success(), "{}", stderr(&placed));
     let placed_text = stdout(&placed);
     let order_id = field(&placed_text, "order_id").expect("an order id");
+
+    // A retry with the same client order id returns the same order.
+    let retried = run(&[
+        "order",
+        "buy",
+        "BTC-USD",
+        "0.5",
+        "@",
+        "100.25",
+        "--client-order-id",
+        "cli-test-1",
+        "--api",
+        &api,
+    ]);
+    assert!(retried.status.success(), "{}", stderr(&retried));
+    assert_eq!(field(&stdout(&retried), "order_id"), Some(order_id.clone()));
 
     // The order reads back; it settles on this single-member network.
     let deadline = Instant::now() + Duration::from_secs(30);

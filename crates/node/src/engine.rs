@@ -38,6 +38,8 @@ pub type Key = (u64, NodeId, u64);
 pub const MAX_LOCAL_BATCH: usize = 1000;
 /// Most out-of-order batches buffered (over all origins) while a gap is fetched.
 pub const MAX_BUFFERED_BATCHES: usize = 4096;
+/// Most buffered batches of origins not (yet) admitted to the network.
+pub const MAX_BUFFERED_UNKNOWN: usize = 256;
 /// Most events sent in one `SyncResponse`.
 pub const MAX_SYNC_EVENTS: usize = 8192;
 /// Trades kept per market for the API (the digest covers all of them through a hash chain).
@@ -1562,8 +1564,20 @@ impl Engine {
         if batch.last_seq() <= delivered {
             return;
         }
-        if !self.accepts_origin(&origin, &batch) || batch.first_seq() > delivered + 1 {
-            if self.buffer.len() < MAX_BUFFERED_BATCHES {
+        let known = self.accepts_origin(&origin, &batch);
+        if !known || batch.first_seq() > delivered + 1 {
+            // Batches of origins not (yet) admitted wait in a small part of the buffer, so a
+            // stranger cannot crowd out the members' out-of-order batches.
+            let room = if known {
+                self.buffer.len() < MAX_BUFFERED_BATCHES
+            } else {
+                self.buffer
+                    .keys()
+                    .filter(|(o, _)| !self.known_origins.contains(o))
+                    .count()
+                    < MAX_BUFFERED_UNKNOWN
+            };
+            if room {
                 self.buffer
                     .insert((origin, batch.first_seq()), (from, batch));
             }

@@ -554,7 +554,10 @@ fn a_partial_mesh_converges_through_relays() {
         sim.tick(200);
         sim.drain();
     }
-    assert!(sim.nodes.iter().all(|n| n.members().len() == 3), "node 2 joined through node 1");
+    assert!(
+        sim.nodes.iter().all(|n| n.members().len() == 3),
+        "node 2 joined through node 1"
+    );
     sim.place(0, limit(Side::Sell, "100", "2")).expect("placed");
     sim.place(2, limit(Side::Buy, "100", "1")).expect("placed");
     sim.settle_all();
@@ -567,7 +570,11 @@ fn a_partial_mesh_converges_through_relays() {
 fn two_fresh_networks_merge_into_the_lower_genesis() {
     let mut sim = Sim::with_founders(2, |_| true);
     sim.tick(1);
-    let geneses: Vec<[u8; 32]> = sim.nodes.iter().map(|n| n.genesis().expect("founded")).collect();
+    let geneses: Vec<[u8; 32]> = sim
+        .nodes
+        .iter()
+        .map(|n| n.genesis().expect("founded"))
+        .collect();
     assert_ne!(geneses[0], geneses[1]);
     let winner = geneses[0].min(geneses[1]);
     sim.connect(0, 1);

@@ -668,7 +668,8 @@ impl Shell {
                         .node_id
                         .is_some_and(|id| self.transport.is_connected(&id));
                     if !known {
-                        self.transport.add_peer_addr(candidate.addr, candidate.source);
+                        self.transport
+                            .add_peer_addr(candidate.addr, candidate.source);
                     }
                 }
             }

@@ -71,11 +71,23 @@ fn run() -> Result<(), String> {
     let (Some(tick), Some(lot)) = (tick, lot) else {
         return Err("--tick and --lot are required".into());
     };
+    replay(
+        tick,
+        lot,
+        io::stdin().lock(),
+        BufWriter::new(io::stdout().lock()),
+    )
+}
+
+/// Replays JSON Lines commands from `input` into JSON Lines events on `out`.
+fn replay(
+    tick: Decimal,
+    lot: Decimal,
+    mut input: impl BufRead,
+    mut out: impl Write,
+) -> Result<(), String> {
     let mut exchange =
         Exchange::new(vec![MarketSpec::new(MARKET, tick, lot)]).map_err(|e| e.to_string())?;
-
-    let mut input = io::stdin().lock();
-    let mut out = BufWriter::new(io::stdout().lock());
     let mut line = Vec::new();
     let mut events = Vec::new();
     let mut number = 0u64;
@@ -271,4 +283,95 @@ fn render(event: &Event) -> Output {
 fn emit(out: &mut impl Write, value: &Output) -> Result<(), String> {
     serde_json::to_writer(&mut *out, value).map_err(|e| e.to_string())?;
     out.write_all(b"\n").map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let (tick, lot) = (
+            "0.01".parse().expect("tick"),
+            "0.0001".parse().expect("lot"),
+        );
+        replay(tick, lot, input.as_bytes(), &mut out).expect("replay");
+        String::from_utf8(out)
+            .expect("utf-8")
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn replays_the_documented_format() {
+        let input = concat!(
+            r#"{"op":"place","id":"7","side":"buy","type":"limit","price":"100.25","quantity":"1.5","time_in_force":"gtc"}"#,
+            "\n",
+            r#"{"op":"place","id":"8","side":"buy","type":"limit","price":"100.30","quantity":"1","time_in_force":"gtc"}"#,
+            "\n",
+            r#"{"op":"place","id":"9","side":"sell","type":"market","quantity":"1.25"}"#,
+            "\n",
+            "not json\n",
+            "\n",
+            r#"{"op":"place","id":"10","side":"sell","type":"limit","price":"100.255","quantity":"1"}"#,
+            "\n",
+            r#"{"op":"place","id":"11","side":"sell","type":"limit","price":"101","quantity":"2","time_in_force":"post_only"}"#,
+            "\n",
+            r#"{"op":"cancel","id":"8"}"#,
+        );
+        let lines = run(input);
+        assert_eq!(
+            lines,
+            [
+                r#"{"event":"accepted","id":"7"}"#,
+                r#"{"event":"rested","id":"7","price":"100.25","quantity":"1.5"}"#,
+                r#"{"event":"accepted","id":"8"}"#,
+                r#"{"event":"rested","id":"8","price":"100.3","quantity":"1"}"#,
+                r#"{"event":"accepted","id":"9"}"#,
+                r#"{"event":"trade","maker":"8","taker":"9","price":"100.3","quantity":"1"}"#,
+                r#"{"event":"filled","id":"8"}"#,
+                r#"{"event":"trade","maker":"7","taker":"9","price":"100.25","quantity":"0.25"}"#,
+                r#"{"event":"filled","id":"9"}"#,
+                r#"{"event":"error","line":4,"message":"expected ident at line 1 column 2"}"#,
+                r#"{"event":"rejected","id":"10","reason":"off_tick"}"#,
+                r#"{"event":"accepted","id":"11"}"#,
+                r#"{"event":"rested","id":"11","price":"101","quantity":"2"}"#,
+                r#"{"event":"rejected","id":"8","reason":"unknown_order"}"#,
+                r#"{"event":"book","bids":[["100.25","1.25"]],"asks":[["101","2"]]}"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn one_owner_still_trades_with_itself() {
+        let lines = run(concat!(
+            r#"{"op":"place","id":"1","side":"sell","type":"limit","price":"1","quantity":"1"}"#,
+            "\n",
+            r#"{"op":"place","id":"2","side":"buy","type":"limit","price":"1","quantity":"1"}"#,
+        ));
+        assert!(
+            lines.iter().any(|l| l.contains(r#""event":"trade""#)),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some(r#"{"event":"book","bids":[],"asks":[]}"#)
+        );
+    }
+
+    #[test]
+    fn an_overlong_line_is_reported_and_skipped() {
+        let long = format!("{}\n", "x".repeat(MAX_LINE as usize * 2));
+        let input = format!(
+            "{long}{}\n",
+            r#"{"op":"place","id":"1","side":"sell","type":"limit","price":"1","quantity":"1"}"#
+        );
+        let lines = run(&input);
+        assert_eq!(
+            lines[0],
+            r#"{"event":"error","line":1,"message":"line too long"}"#
+        );
+        assert_eq!(lines[1], r#"{"event":"accepted","id":"1"}"#);
+    }
 }

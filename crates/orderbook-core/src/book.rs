@@ -4,7 +4,7 @@
 //! O(1) and touches only the order's map entry and its level.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, Hasher};
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -40,7 +40,7 @@ impl Hasher for FoldHasher {
 
     #[inline]
     fn write_u64(&mut self, i: u64) {
-        self.0 = fold_mul(self.0 ^ i ^ 0x243f_6a88_85a3_08d3, 0x9e37_79b9_7f4a_7c15);
+        self.0 = fold_mul(i ^ 0x243f_6a88_85a3_08d3, self.0 ^ 0x9e37_79b9_7f4a_7c15);
     }
 
     #[inline]
@@ -54,8 +54,23 @@ impl Hasher for FoldHasher {
     }
 }
 
+/// Builds [`FoldHasher`]s from a seed. The seed changes only the maps'
+/// internal layout, never a result, so a node may pick a secret one to make
+/// crafted colliding ids useless.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FoldState(pub(crate) u64);
+
+impl BuildHasher for FoldState {
+    type Hasher = FoldHasher;
+
+    #[inline]
+    fn build_hasher(&self) -> FoldHasher {
+        FoldHasher(self.0)
+    }
+}
+
 /// A hash map with the deterministic [`FoldHasher`].
-pub(crate) type FoldMap<K, V> = HashMap<K, V, BuildHasherDefault<FoldHasher>>;
+pub(crate) type FoldMap<K, V> = HashMap<K, V, FoldState>;
 
 /// A resting order, stored inline in the exchange's id map (so a cancel
 /// touches one map entry and its level, nothing else). 56 bytes.
@@ -108,12 +123,21 @@ pub(crate) const STALE_SLACK: usize = 16;
 
 /// The price levels of one side: ordered by price for best-price walks, and
 /// hashed by price so that adding to an existing level costs no tree search.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Levels {
     /// Price in ticks -> level index; the best bid is the last, the best ask the first.
     pub(crate) order: BTreeMap<u64, u32>,
     /// The same mapping, for O(1) lookup.
     pub(crate) lookup: FoldMap<u64, u32>,
+}
+
+impl Levels {
+    fn new(hash: FoldState) -> Levels {
+        Levels {
+            order: BTreeMap::new(),
+            lookup: HashMap::with_hasher(hash),
+        }
+    }
 }
 
 /// A resting order as reported by [`crate::Exchange::resting`] and stored in snapshots.
@@ -150,13 +174,13 @@ pub struct Book {
 }
 
 impl Book {
-    pub(crate) fn new(spec: MarketSpec, tick: Unit, lot: Unit) -> Book {
+    pub(crate) fn new(spec: MarketSpec, tick: Unit, lot: Unit, hash: FoldState) -> Book {
         Book {
             spec,
             tick,
             lot,
-            bids: Levels::default(),
-            asks: Levels::default(),
+            bids: Levels::new(hash),
+            asks: Levels::new(hash),
             levels: Vec::new(),
             free_levels: Vec::new(),
             len: 0,

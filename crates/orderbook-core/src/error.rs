@@ -29,6 +29,9 @@ pub enum Error {
         /// The offending lot size.
         value: Decimal,
     },
+    /// More markets than the engine can index (`u32::MAX`).
+    #[error("too many markets")]
+    TooManyMarkets,
     /// A snapshot that does not describe a valid state.
     #[error("invalid snapshot: {0}")]
     InvalidSnapshot(String),

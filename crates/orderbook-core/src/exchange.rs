@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::book::{Book, Orders, RestingOrder, STALE_SLACK};
+use crate::book::{Book, FoldState, Orders, RestingOrder, STALE_SLACK};
 use crate::error::Error;
 use crate::types::{
     CancelReason, Command, Event, MarketSpec, NewOrder, OrderId, OrderState, OrderStatus,
@@ -35,7 +35,7 @@ pub struct MarketSnapshot {
 }
 
 /// All markets and the matching engine. See the crate docs for an example.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Exchange {
     /// Books in the order their markets were added (an order's location refers to this).
     books: Vec<Book>,
@@ -45,12 +45,31 @@ pub struct Exchange {
     orders: Orders,
     /// Counts queued orders; tells live queue entries from stale ones.
     seq: u64,
+    /// Seeds the internal hash maps (never affects a result).
+    hash: FoldState,
 }
 
 impl Exchange {
     /// An exchange with these markets (names unique and non-empty, tick and lot sizes positive).
     pub fn new(markets: Vec<MarketSpec>) -> Result<Exchange, Error> {
-        let mut exchange = Exchange::default();
+        Exchange::with_hash_seed(markets, 0)
+    }
+
+    /// Like [`Exchange::new`], with a seed for the internal hash maps.
+    ///
+    /// The seed never changes a result, event or digest (no result depends on
+    /// a map's iteration order); it changes only where entries land. A node
+    /// that accepts order ids chosen by others should pass a secret random
+    /// seed so that nobody can craft ids that collide.
+    pub fn with_hash_seed(markets: Vec<MarketSpec>, seed: u64) -> Result<Exchange, Error> {
+        let hash = FoldState(seed);
+        let mut exchange = Exchange {
+            books: Vec::new(),
+            by_name: Vec::new(),
+            orders: Orders::with_hasher(hash),
+            seq: 0,
+            hash,
+        };
         for spec in markets {
             exchange.add_market(spec)?;
         }
@@ -77,10 +96,9 @@ impl Exchange {
             Ok(_) => return Err(Error::DuplicateMarket(spec.name)),
             Err(pos) => pos,
         };
-        let idx = u32::try_from(self.books.len())
-            .map_err(|_| Error::InvalidSnapshot("too many markets".into()))?;
+        let idx = u32::try_from(self.books.len()).map_err(|_| Error::TooManyMarkets)?;
         self.by_name.insert(pos, (spec.name.clone(), idx));
-        self.books.push(Book::new(spec, tick, lot));
+        self.books.push(Book::new(spec, tick, lot, self.hash));
         Ok(())
     }
 
@@ -310,11 +328,17 @@ impl Exchange {
     /// Rebuilds an exchange from a snapshot, validating it fully (grid, ids, a
     /// non-crossed book): `restore(x.snapshot())` has the same [`Exchange::digest`] as `x`.
     pub fn restore(snapshot: Snapshot) -> Result<Exchange, Error> {
+        Exchange::restore_with_hash_seed(snapshot, 0)
+    }
+
+    /// [`Exchange::restore`] with a seed for the internal hash maps (see
+    /// [`Exchange::with_hash_seed`]).
+    pub fn restore_with_hash_seed(snapshot: Snapshot, seed: u64) -> Result<Exchange, Error> {
         let bad = |msg: String| Err(Error::InvalidSnapshot(msg));
         if snapshot.version != 1 {
             return bad(format!("unsupported version {}", snapshot.version));
         }
-        let mut exchange = Exchange::default();
+        let mut exchange = Exchange::with_hash_seed(Vec::new(), seed)?;
         for market in snapshot.markets {
             exchange.add_market(market.spec)?;
             let m = exchange.books.len() - 1;

@@ -17,10 +17,11 @@
 //! - Limit orders `gtc` rest their remainder; `ioc` and market orders cancel
 //!   it ([`CancelReason::Unfilled`]); `fok` fills completely at once or is
 //!   rejected with no effect; `post_only` that would trade is rejected.
-//! - A duplicate id of a *resting* order is rejected. Finished orders are
-//!   dropped to keep memory bounded (a resting order costs about 100 bytes:
-//!   a 64-byte slot plus its index entry), so ids must be globally unique; the
-//!   caller (the node) guarantees that.
+//! - A duplicate id of a *resting* order is rejected. Finished orders
+//!   (filled, cancelled, rejected) are dropped to keep memory bounded, so
+//!   [`Exchange::order`] returns `None` for them: their final state is in the
+//!   events that finished them, which the caller keeps. Ids must therefore be
+//!   globally unique; the caller (the node) guarantees that.
 //! - Self-trade prevention is chosen by the incoming order
 //!   ([`SelfTradePrevention`]). Cancels are honoured only from the owner;
 //!   cancelling an unknown or finished order is a no-op answered with
@@ -28,6 +29,17 @@
 //! - [`Exchange::snapshot`] / [`Exchange::restore`] (serde) and
 //!   [`Exchange::digest`] (SHA-256 over the full state in a canonical,
 //!   little-endian encoding, no hash-map iteration).
+//!
+//! # Inside
+//! Prices are `u64` ticks and quantities `u64` lots. All resting orders live
+//! in one hash map by id (72 bytes an entry); each price level holds a FIFO
+//! queue of `(id, seq)` entries (32 bytes each) and is found through a
+//! `BTreeMap` (best price) and a hash map (exact price). A cancel removes the
+//! order from the map and leaves a stale queue entry behind, skipped by
+//! matching and compacted away once stale entries outnumber live ones, so a
+//! resting order costs roughly 110 to 200 bytes. The hash maps use a fixed,
+//! seedable hasher ([`Exchange::with_hash_seed`]); nothing ever iterates
+//! them, so results never depend on their layout.
 //!
 //! # What it does not do
 //! No I/O, no async, no clocks, no randomness, no persistence, no trade ids or

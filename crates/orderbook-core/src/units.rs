@@ -130,11 +130,17 @@ impl Unit {
     /// for aggregated depth of absurd sizes).
     #[inline]
     pub(crate) fn to_decimal(self, units: u128) -> Decimal {
-        units
-            .checked_mul(self.mantissa)
-            .and_then(|v| i128::try_from(v).ok())
-            .and_then(|v| Decimal::try_from_i128_with_scale(v, self.scale).ok())
-            .unwrap_or(Decimal::MAX)
+        match units.checked_mul(self.mantissa) {
+            // Fits Decimal's 96-bit mantissa; the scale is at most 28 by construction.
+            Some(v) if v >> 96 == 0 => Decimal::from_parts(
+                v as u32,
+                (v >> 32) as u32,
+                (v >> 64) as u32,
+                false,
+                self.scale,
+            ),
+            _ => Decimal::MAX,
+        }
     }
 }
 
@@ -173,6 +179,8 @@ mod tests {
         assert_eq!(big.to_units(d("150")), Ok(3));
         assert_eq!(big.to_units(d("160")), Err(UnitError::OffGrid));
         assert_eq!(big.to_decimal(3), d("150"));
+        assert_eq!(big.to_decimal(u128::MAX), Decimal::MAX);
+        assert_eq!(tick.to_decimal(0), d("0"));
         assert!(Unit::new(d("0")).is_none());
         assert!(Unit::new(d("-0.1")).is_none());
     }

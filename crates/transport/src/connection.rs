@@ -18,7 +18,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::transport::{Admission, BoxIo, PeerEntry, Shared, SlotGuard};
+use crate::transport::{Admission, BoxIo, PeerEntry, Shared, SlotGuard, unix_now};
 use crate::{Error, TransportEvent};
 
 /// The reason given for a connection another one replaced.
@@ -212,6 +212,10 @@ impl FrameReader {
                 debug!("ignored a message of an unknown type (a newer peer)");
             }
             if let Some(message) = decoded? {
+                // Do not keep a large frame's buffer for the connection's lifetime.
+                if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+                    self.buf = BytesMut::new();
+                }
                 return Ok(Some(message));
             }
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
@@ -279,6 +283,11 @@ pub(crate) async fn run(
 
     let peer = hello.node_id;
     let listen_addr = SocketAddr::new(remote.ip(), hello.listen_port);
+    if let Some(addr) = dialed {
+        shared
+            .store
+            .record_success(addr, Some(peer.to_string()), unix_now());
+    }
     let ctl = Arc::new(ConnCtl::new(&shared.shutdown));
     let stats = Arc::new(ConnStats::new());
     let (tx, rx) = mpsc::channel::<Bytes>(shared.config.outbound_queue.max(1));

@@ -95,6 +95,9 @@ pub enum Error {
     /// The peer's outbound queue was full; the peer has been disconnected.
     #[error("outbound queue of peer {0} is full; peer disconnected")]
     QueueFull(NodeId),
+    /// The [`Config`](crate::Config) cannot work.
+    #[error("invalid transport config: {0}")]
+    InvalidConfig(String),
     /// The transport has been shut down.
     #[error("transport is shut down")]
     Shutdown,
@@ -127,6 +130,7 @@ impl Error {
             | Error::MarketMismatch
             | Error::SelfConnection { .. }
             | Error::BadSignature { .. }
+            | Error::InvalidConfig(_)
             | Error::Shutdown => false,
         }
     }

@@ -203,6 +203,38 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Checks the settings that would make every handshake or connection fail.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |what: String| Err(Error::InvalidConfig(what));
+        if self.network_id.len() > peer_protocol::MAX_NETWORK_ID_LEN {
+            return invalid(format!(
+                "network id is longer than {} bytes",
+                peer_protocol::MAX_NETWORK_ID_LEN
+            ));
+        }
+        if self.agent.len() > peer_protocol::MAX_AGENT_LEN {
+            return invalid(format!(
+                "agent is longer than {} bytes",
+                peer_protocol::MAX_AGENT_LEN
+            ));
+        }
+        if self.max_peers == 0 {
+            return invalid("max_peers must be at least 1".to_owned());
+        }
+        if self.heartbeat_interval.is_zero() || self.idle_timeout <= self.heartbeat_interval {
+            return invalid(format!(
+                "idle_timeout ({:?}) must exceed a non-zero heartbeat_interval ({:?})",
+                self.idle_timeout, self.heartbeat_interval
+            ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return invalid("handshake_timeout must not be zero".to_owned());
+        }
+        Ok(())
+    }
+}
+
 /// What the transport tells the node, in order per peer: `Connected`, then that
 /// peer's `Message`s, then `Disconnected`.
 ///

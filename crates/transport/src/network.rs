@@ -460,5 +460,13 @@ mod tests {
         client.write_all(b"back").await.expect("write");
         accepted.read_exact(&mut buf).await.expect("read");
         assert_eq!(&buf, b"back");
+
+        // Cutting an address cuts all its links, until restored.
+        net.set_address_blocked(b, true);
+        assert!(net.connect(addr("10.0.0.9:1"), b).await.is_err());
+        net.set_address_blocked(b, false);
+        net.connect(addr("10.0.0.9:1"), b)
+            .await
+            .expect("connect after restore");
     }
 }

@@ -38,7 +38,8 @@ pub struct Transport<N: Network = TcpNetwork> {
 }
 
 impl<N: Network> Transport<N> {
-    /// Binds `config.listen` on `network` and starts accepting and redialling.
+    /// Validates `config`, binds `config.listen` on `network` and starts accepting and
+    /// redialling.
     ///
     /// Returns the [`Handle`] and the bounded receiver of [`TransportEvent`]s. Keep
     /// draining the receiver: while it is full, peers' messages wait (and their
@@ -50,6 +51,7 @@ impl<N: Network> Transport<N> {
         network: N,
         peers: Arc<dyn PeerStore>,
     ) -> Result<(Handle, mpsc::Receiver<TransportEvent>), Error> {
+        config.validate()?;
         let listener = network.bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let (events, events_rx) = mpsc::channel(config.event_queue.max(1));
@@ -743,10 +745,8 @@ fn dial_finished(shared: &Shared, addr: SocketAddr, result: &Result<NodeId, Erro
                 known.node_id = Some(*id);
                 known.redial.on_success(&policy);
             }
-            drop(state);
-            shared
-                .store
-                .record_success(addr, Some(id.to_string()), unix_now());
+            // The peer store hears of the success from the connection itself (a
+            // dial that found the peer already connected is not a contact).
         }
         Err(Error::SelfConnection { .. }) => {
             info!(%addr, "address is our own; not dialling it again");
