@@ -166,6 +166,38 @@ impl Sim {
         }
     }
 
+    /// Delivers queued messages in a pseudo-random order, duplicating some: links that
+    /// reorder and repeat (bounded).
+    fn drain_shuffled(&mut self, seed: &mut u64) {
+        let mut steps = 0;
+        while !self.queue.is_empty() {
+            steps += 1;
+            assert!(steps < 1_000_000, "message storm");
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            let pick = (*seed % self.queue.len() as u64) as usize;
+            let Some((from, to, message)) = self.queue.remove(pick) else {
+                break;
+            };
+            if seed.is_multiple_of(7) {
+                self.queue.push_back((from, to, message.clone()));
+            }
+            let from_id = self.identities[from].node_id();
+            match self.nodes[to].check_message(&from_id, message) {
+                Ok(Some(message)) => self.input(
+                    to,
+                    Input::Peer {
+                        from: from_id,
+                        message,
+                    },
+                ),
+                Ok(None) => {}
+                Err(what) => self.misbehaviour.push((to, from_id, what)),
+            }
+        }
+    }
+
     /// Ticks and drains until every node is quiescent: nothing pending, same settled count.
     fn settle_all(&mut self) {
         for _ in 0..200 {
@@ -616,5 +648,53 @@ fn two_networks_that_both_hold_orders_refuse_each_other() {
         assert_eq!(node.genesis(), geneses[i], "never merged");
         assert_eq!(node.digest(), digests[i]);
         assert_eq!(node.members().len(), 1);
+    }
+}
+
+#[test]
+fn reordered_and_duplicated_messages_still_converge() {
+    for seed in [3u64, 17, 99] {
+        let mut sim = Sim::network(4);
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for round in 0..40u64 {
+            for node in 0..4 {
+                let side = if (round + node as u64).is_multiple_of(2) {
+                    Side::Buy
+                } else {
+                    Side::Sell
+                };
+                let price = format!("{}", 100 + (round * 7 + node as u64) % 4);
+                let view = sim.place(node, limit(side, &price, "1")).expect("placed");
+                if round % 5 == 1 {
+                    sim.input(
+                        node,
+                        Input::Cancel {
+                            request: 0,
+                            order_id: view.order_id.parse().expect("id"),
+                        },
+                    );
+                }
+            }
+            if round % 3 == 0 {
+                sim.drain_shuffled(&mut rng);
+                sim.tick(7);
+            }
+        }
+        for _ in 0..50 {
+            sim.tick(120);
+            sim.drain_shuffled(&mut rng);
+        }
+        sim.settle_all();
+        let digest = sim.nodes[0].digest();
+        for node in &sim.nodes {
+            assert_eq!(node.digest(), digest, "seed {seed}");
+            assert_eq!(node.status().rejected_events, 0, "seed {seed}");
+        }
+        assert!(!sim.nodes[0].trades("BTC-USD", 1).is_empty());
+        assert!(
+            sim.misbehaviour.is_empty(),
+            "seed {seed}: {:?}",
+            sim.misbehaviour
+        );
     }
 }

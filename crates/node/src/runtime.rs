@@ -357,6 +357,7 @@ impl Node {
             started: Instant::now(),
             status_base: StatusBase {
                 node_id: node_id.to_string(),
+                node_label: node_id.short(),
                 network_id: config.network_id.clone(),
                 p2p_addr,
                 api_addr,
@@ -545,6 +546,8 @@ fn start_discovery(
 
 struct StatusBase {
     node_id: String,
+    /// The short node id, as the `node` label of metrics.
+    node_label: String,
     network_id: String,
     p2p_addr: SocketAddr,
     api_addr: SocketAddr,
@@ -684,6 +687,8 @@ impl Shell {
                     ),
                     Ok(None) => {}
                     Err(what) => {
+                        metrics::counter!("p2p_exchange_misbehaviour_total", "node" => self.status_base.node_label.clone())
+                            .increment(1);
                         tracing::warn!(peer = %peer.short(), %what, "misbehaving peer");
                         self.transport.report_misbehaviour(&peer, &what);
                     }
@@ -780,7 +785,20 @@ impl Shell {
                 _ => {}
             }
         }
+        let started = Instant::now();
+        let persisted = effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Persist(_)))
+            .count();
         self.store.sync()?;
+        if persisted > 0 {
+            let node = self.status_base.node_label.clone();
+            metrics::counter!("p2p_exchange_fsyncs_total", "node" => node.clone()).increment(1);
+            metrics::counter!("p2p_exchange_records_persisted_total", "node" => node.clone())
+                .increment(persisted as u64);
+            metrics::histogram!("p2p_exchange_fsync_seconds", "node" => node)
+                .record(started.elapsed().as_secs_f64());
+        }
         let mut books = BTreeSet::new();
         for effect in effects.drain(..) {
             match effect {
@@ -795,6 +813,8 @@ impl Shell {
                 }
                 Effect::Disconnect { peer, reason } => self.transport.disconnect(&peer, reason),
                 Effect::Misbehaviour { peer, what } => {
+                    metrics::counter!("p2p_exchange_misbehaviour_total", "node" => self.status_base.node_label.clone())
+                        .increment(1);
                     self.transport.report_misbehaviour(&peer, &what);
                 }
                 Effect::Trade(trade) => {

@@ -987,3 +987,71 @@ async fn orders_settle_quickly_and_trades_are_streamed() {
     }
     assert_eq!(trades, 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_stream_sends_trades_and_books() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let cluster = Cluster::start(1).await;
+    let h = cluster.handle(0);
+    let api = cluster.nodes[0].as_ref().expect("up").api_addr();
+    let mut ws = tokio::net::TcpStream::connect(api).await.expect("connect");
+    ws.write_all(
+        b"GET /v1/stream HTTP/1.1\r\nHost: node\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    // The handshake answer ends with an empty line.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        ws.read_exact(&mut byte).await.expect("read");
+        head.push(byte[0]);
+        assert!(head.len() < 4096, "handshake too long");
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    h.place(order(Side::Sell, 100, 0, 10, TimeInForce::Gtc))
+        .await
+        .expect("up")
+        .expect("placed");
+    h.place(order(Side::Buy, 100, 0, 4, TimeInForce::Gtc))
+        .await
+        .expect("up")
+        .expect("placed");
+    // Read unmasked server text frames until a trade shows up (bounded).
+    let mut kinds = BTreeSet::new();
+    let read = async {
+        while !kinds.contains("trade") {
+            let mut header = [0u8; 2];
+            ws.read_exact(&mut header).await.expect("frame");
+            assert_eq!(header[0] & 0x0f, 1, "a text frame");
+            let len = match header[1] & 0x7f {
+                126 => {
+                    let mut ext = [0u8; 2];
+                    ws.read_exact(&mut ext).await.expect("len");
+                    usize::from(u16::from_be_bytes(ext))
+                }
+                127 => panic!("unexpectedly large frame"),
+                n => usize::from(n),
+            };
+            let mut payload = vec![0u8; len];
+            ws.read_exact(&mut payload).await.expect("payload");
+            let item: serde_json::Value = serde_json::from_slice(&payload).expect("json");
+            kinds.insert(item["type"].as_str().expect("type").to_owned());
+            if item["type"] == "trade" {
+                assert_eq!(item["quantity"], "0.0004");
+                assert_eq!(item["price"], "100.00");
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("a trade streamed");
+    assert!(
+        kinds.contains("book"),
+        "book updates streamed too: {kinds:?}"
+    );
+}
