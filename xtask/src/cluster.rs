@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use p2p_exchange_tests::{get_json, http, wait_for};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,9 +62,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
-    let started = Instant::now();
     let mut cluster = start(&args)?;
-    print_table(&cluster.nodes, started.elapsed());
+    print_table(&cluster);
     if args.check {
         return Ok(());
     }
@@ -86,6 +85,10 @@ pub(crate) fn run(args: Args) -> Result<()> {
 /// A started cluster: the nodes (stopped on drop) and the Grapes, if any.
 pub(crate) struct Cluster {
     pub nodes: Vec<ClusterNode>,
+    /// The binary the nodes run.
+    pub binary: PathBuf,
+    /// From the first node's start (after the build) until every node was meshed.
+    pub meshed_in: Duration,
     _grapes: Option<crate::grape::Grapes>,
 }
 
@@ -128,6 +131,7 @@ pub(crate) fn start(args: &Args) -> Result<Cluster> {
         None
     };
 
+    let started = Instant::now();
     let mut nodes = Vec::new();
     for i in 1..=n {
         let p2p_port = args.base_port + i - 1;
@@ -191,6 +195,8 @@ pub(crate) fn start(args: &Args) -> Result<Cluster> {
     .context("the cluster did not mesh (every node seeing N-1 peers and N members)")?;
     Ok(Cluster {
         nodes,
+        binary,
+        meshed_in: started.elapsed(),
         _grapes: grapes,
     })
 }
@@ -225,7 +231,8 @@ fn follow_logs(index: u16, child: &mut ChildGuard) {
     }
 }
 
-fn print_table(nodes: &[ClusterNode], took: Duration) {
+fn print_table(cluster: &Cluster) {
+    let nodes = &cluster.nodes;
     println!();
     println!(
         "{:<6} {:<10} {:<16} {:<24}",
@@ -244,17 +251,24 @@ fn print_table(nodes: &[ClusterNode], took: Duration) {
     println!(
         "\n{} nodes meshed in {:.1} s",
         nodes.len(),
-        took.as_secs_f64()
+        cluster.meshed_in.as_secs_f64()
     );
-    if let Some(first) = nodes.first() {
-        let binary = binary_hint(Path::new("target/release/p2p-exchange"));
+    let binary = cluster
+        .binary
+        .strip_prefix(crate::project_root())
+        .unwrap_or(&cluster.binary)
+        .display()
+        .to_string();
+    if let (Some(first), Some(second)) = (nodes.first(), nodes.get(1).or(nodes.first())) {
+        println!("place a crossing pair of orders on two nodes:");
         println!(
-            "place an order:  {binary} --api http://{} order buy BTC-USD 1 @ 100.00",
+            "  {binary} --api http://{} order sell BTC-USD 1 @ 100.00",
             first.api
         );
+        println!(
+            "  {binary} --api http://{} order buy BTC-USD 1 @ 100.00",
+            second.api
+        );
+        println!("  {binary} trades BTC-USD --api http://{}", first.api);
     }
-}
-
-fn binary_hint(path: &Path) -> String {
-    path.display().to_string()
 }

@@ -40,6 +40,7 @@ pub async fn node(args: &NodeArgs) -> anyhow::Result<()> {
 
     let (reason, unexpected) = tokio::select! {
         signal = signals.recv() => (signal, false),
+        () = parent_gone(), if exit_with_parent() => ("the parent process exited", false),
         () = node.wait() => ("the node stopped on its own", true),
     };
     tracing::info!(reason, "shutting down");
@@ -54,6 +55,29 @@ pub async fn node(args: &NodeArgs) -> anyhow::Result<()> {
         return Err(anyhow!("the node stopped on its own (see the log above)"));
     }
     Ok(())
+}
+
+/// `EXIT_WITH_PARENT=1`: a supervisor (`cargo xtask cluster`, the end-to-end tests) asks the node
+/// to stop gracefully when the process that started it goes away, even if that process was
+/// killed with SIGKILL and could not stop its children itself.
+fn exit_with_parent() -> bool {
+    std::env::var("EXIT_WITH_PARENT").is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "yes"))
+}
+
+/// Resolves once this process has been re-parented (its parent exited).
+async fn parent_gone() {
+    #[cfg(unix)]
+    {
+        let parent = std::os::unix::process::parent_id();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            if std::os::unix::process::parent_id() != parent {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await
 }
 
 /// The `--env-file` (default `.env` in the current directory, if present),

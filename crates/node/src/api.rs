@@ -41,14 +41,26 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    /// Builds a recorder and installs it globally if no recorder is installed yet (a second
-    /// node in the same process keeps its own handle and renders only its own gauges).
+    /// The process-wide Prometheus recorder: installed globally by the first node of the
+    /// process and shared by the others (so two nodes in one process never panic on a second
+    /// install). If another recorder was installed by someone else, this node keeps a private
+    /// one and `/metrics` shows only the node's own gauges.
     pub(crate) fn install() -> Metrics {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::debug!("a metrics recorder is already installed in this process");
-        }
+        static GLOBAL: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+        let shared = GLOBAL.get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            match metrics::set_global_recorder(recorder) {
+                Ok(()) => Some(handle),
+                Err(_) => {
+                    tracing::debug!("another metrics recorder is installed in this process");
+                    None
+                }
+            }
+        });
+        let handle = shared
+            .clone()
+            .unwrap_or_else(|| PrometheusBuilder::new().build_recorder().handle());
         Metrics { handle }
     }
 }

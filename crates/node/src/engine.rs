@@ -1482,8 +1482,9 @@ impl Engine {
             }
             let start = st.batches.partition_point(|b| b.last_seq() <= have);
             for batch in &st.batches[start..] {
+                // At least one batch per response, so a huge batch cannot stall the sync.
                 if batches.len() >= peer_protocol::MAX_BATCHES_PER_SYNC
-                    || events + batch.events().len() > MAX_SYNC_EVENTS
+                    || (!batches.is_empty() && events + batch.events().len() > MAX_SYNC_EVENTS)
                 {
                     done = false;
                     break 'origins;

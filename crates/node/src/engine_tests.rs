@@ -55,6 +55,7 @@ struct Sim {
     replies: Vec<(usize, u64, Result<OrderView, ClientError>)>,
     misbehaviour: Vec<(usize, NodeId, String)>,
     disconnects: Vec<(usize, NodeId)>,
+    sync_responses: usize,
     now: u64,
     next_request: u64,
 }
@@ -82,6 +83,7 @@ impl Sim {
             replies: Vec::new(),
             misbehaviour: Vec::new(),
             disconnects: Vec::new(),
+            sync_responses: 0,
             now: 1,
             next_request: 1,
         }
@@ -109,6 +111,9 @@ impl Sim {
                 Effect::Persist(record) => self.logs[node].push(record),
                 Effect::WipeLog => self.logs[node].clear(),
                 Effect::Send { to, message } => {
+                    if matches!(message, Message::SyncResponse { .. }) {
+                        self.sync_responses += 1;
+                    }
                     let to = self.index(&to);
                     if self.connected[node][to] {
                         self.queue.push_back((node, to, message));
@@ -697,4 +702,32 @@ fn reordered_and_duplicated_messages_still_converge() {
             sim.misbehaviour
         );
     }
+}
+
+#[test]
+fn a_late_joiner_pages_through_a_long_log() {
+    let mut sim = Sim::new(2);
+    sim.tick(1);
+    // More batches than one SyncResponse may carry.
+    let n = peer_protocol::MAX_BATCHES_PER_SYNC * 2 + 100;
+    for i in 0..n {
+        let side = if i % 2 == 0 { Side::Buy } else { Side::Sell };
+        let price = if i % 2 == 0 { "99" } else { "101" };
+        sim.place(0, limit(side, price, "1")).expect("placed");
+    }
+    sim.connect(0, 1);
+    for _ in 0..100 {
+        sim.tick(200);
+        sim.drain();
+        if sim.nodes[1].phase() == Phase::Member {
+            break;
+        }
+    }
+    sim.settle_all();
+    assert!(
+        responses >= 3,
+        "paged over several responses, got {responses}"
+    );
+    assert_eq!(sim.nodes[1].digest(), sim.nodes[0].digest());
+    assert_eq!(sim.nodes[1].book("BTC-USD").expect("book").len(), n);
 }

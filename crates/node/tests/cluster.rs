@@ -332,9 +332,15 @@ async fn check_same_state(handles: &[NodeHandle], acked: &[OrderView]) {
 async fn three_nodes_converge_under_concurrent_load() {
     let cluster = Cluster::start(3).await;
     let handles = cluster.handles();
+    let start = Instant::now();
     let acked = load(&handles, 700, 1).await;
+    let loaded = start.elapsed();
     assert_eq!(acked.len(), 2100);
     let digest = cluster.wait_converged().await;
+    eprintln!(
+        "3 nodes: 2100 orders acknowledged in {loaded:?}, all settled and converged after {:?}",
+        start.elapsed()
+    );
     check_same_state(&handles, &acked).await;
     for h in &handles {
         let s = h.status().await.expect("up");
@@ -874,6 +880,7 @@ async fn the_http_api_follows_the_design() {
         .await
         .expect("text");
     assert!(metrics.contains("p2p_exchange_settled_events"));
+    assert!(metrics.contains("p2p_exchange_fsyncs_total"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

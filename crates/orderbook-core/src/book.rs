@@ -73,11 +73,11 @@ impl BuildHasher for FoldState {
 pub(crate) type FoldMap<K, V> = HashMap<K, V, FoldState>;
 
 /// A resting order, stored inline in the exchange's id map (so a cancel
-/// touches one map entry and its level, nothing else). 56 bytes.
+/// touches one map entry and its level, nothing else). 48 bytes, so a map
+/// entry with its id is 64; the price is its level's.
 #[derive(Debug, Clone)]
 pub(crate) struct Order {
     pub(crate) owner: u64,
-    pub(crate) price: u64,
     pub(crate) remaining: u64,
     pub(crate) filled: u64,
     /// When it was queued: tells a live queue entry from a stale one.
@@ -93,17 +93,34 @@ pub(crate) type Orders = FoldMap<u128, Order>;
 /// A place in a level's FIFO queue. Cancelled orders leave their entry behind
 /// (lazy deletion): an entry is live only while the id map holds an order
 /// with this id *and* this `seq`.
+/// 24 bytes: the id is split so the entry needs only 8-byte alignment.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Entry {
-    pub(crate) id: u128,
+    id_lo: u64,
+    id_hi: u64,
     pub(crate) seq: u64,
 }
 
 impl Entry {
+    #[inline]
+    pub(crate) fn new(id: u128, seq: u64) -> Entry {
+        Entry {
+            id_lo: id as u64,
+            id_hi: (id >> 64) as u64,
+            seq,
+        }
+    }
+
+    /// The order id.
+    #[inline]
+    pub(crate) fn id(&self) -> u128 {
+        u128::from(self.id_lo) | (u128::from(self.id_hi) << 64)
+    }
+
     /// The order this entry stands for, if the entry is still live.
     #[inline]
     pub(crate) fn live<'a>(&self, orders: &'a Orders) -> Option<&'a Order> {
-        orders.get(&self.id).filter(|o| o.seq == self.seq)
+        orders.get(&self.id()).filter(|o| o.seq == self.seq)
     }
 }
 
@@ -240,6 +257,12 @@ impl Book {
         }
     }
 
+    /// The price in ticks of a resting order.
+    #[inline]
+    pub(crate) fn price_of(&self, order: &Order) -> u64 {
+        self.levels[order.level as usize].price
+    }
+
     /// The best level of a side: `(price in ticks, level index)`.
     #[inline]
     pub(crate) fn best(&self, side: Side) -> Option<(u64, u32)> {
@@ -268,7 +291,7 @@ impl Book {
         for l in self.level_indexes(side) {
             for e in &self.levels[l as usize].queue {
                 if let Some(o) = e.live(orders) {
-                    f(e.id, o);
+                    f(e.id(), o);
                 }
             }
         }
@@ -320,7 +343,7 @@ impl Book {
             }
         };
         let level = &mut self.levels[l as usize];
-        level.queue.push_back(Entry { id, seq });
+        level.queue.push_back(Entry::new(id, seq));
         level.live += 1;
         level.total += u128::from(remaining);
         self.len += 1;

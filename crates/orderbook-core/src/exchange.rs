@@ -130,7 +130,7 @@ impl Exchange {
             out.push(RestingOrder {
                 id: OrderId(id),
                 owner: OwnerId(o.owner),
-                price: book.tick.to_decimal(u128::from(o.price)),
+                price: book.tick.to_decimal(u128::from(book.price_of(o))),
                 quantity: book.lot.to_decimal(u128::from(o.remaining)),
                 filled: book.lot.to_decimal(u128::from(o.filled)),
             });
@@ -151,7 +151,7 @@ impl Exchange {
             owner: OwnerId(slot.owner),
             market: book.spec.name.clone(),
             side: slot.side,
-            price: Some(book.tick.to_decimal(u128::from(slot.price))),
+            price: Some(book.tick.to_decimal(u128::from(book.price_of(slot)))),
             quantity: book
                 .lot
                 .to_decimal(u128::from(slot.remaining) + u128::from(slot.filled)),
@@ -177,6 +177,12 @@ impl Exchange {
         match cmd {
             Command::Place(order) => self.place(order, out),
             Command::Cancel { id, owner } => self.cancel(id, owner, out),
+        }
+        // Give memory back after mass cancels or fills (amortized O(1): the
+        // map shrinks to half its size only after three quarters emptied it).
+        let capacity = self.orders.capacity();
+        if capacity > 1024 && self.orders.len() < capacity / 4 {
+            self.orders.shrink_to(capacity / 2);
         }
     }
 
@@ -427,7 +433,7 @@ impl Exchange {
                 book.for_each_resting(side, &self.orders, |id, slot| {
                     buf[0..16].copy_from_slice(&id.to_le_bytes());
                     buf[16..24].copy_from_slice(&slot.owner.to_le_bytes());
-                    buf[24..32].copy_from_slice(&slot.price.to_le_bytes());
+                    buf[24..32].copy_from_slice(&book.price_of(slot).to_le_bytes());
                     buf[32..40].copy_from_slice(&slot.remaining.to_le_bytes());
                     buf[40..48].copy_from_slice(&slot.filled.to_le_bytes());
                     h.update(buf);
@@ -469,18 +475,21 @@ impl Exchange {
                         let Some(o) = e.live(&self.orders) else {
                             continue;
                         };
-                        if o.price != price
+                        if book.price_of(o) != price
                             || o.side != side
                             || o.level != l
                             || o.market as usize != m
                         {
                             return fail(format!(
                                 "{name}: order {} is queued in the wrong level",
-                                e.id
+                                e.id()
                             ));
                         }
                         if o.remaining == 0 {
-                            return fail(format!("{name}: order {} rests with nothing left", e.id));
+                            return fail(format!(
+                                "{name}: order {} rests with nothing left",
+                                e.id()
+                            ));
                         }
                         n += 1;
                         total += u128::from(o.remaining);
@@ -610,7 +619,7 @@ impl Book {
                 let Some(&entry) = level.queue.front() else {
                     break;
                 };
-                let Some(maker) = orders.get_mut(&entry.id).filter(|o| o.seq == entry.seq) else {
+                let Some(maker) = orders.get_mut(&entry.id()).filter(|o| o.seq == entry.seq) else {
                     // A stale entry of a cancelled order.
                     level.queue.pop_front();
                     continue;
@@ -621,7 +630,7 @@ impl Book {
                         break;
                     }
                     out.push(Event::Cancelled {
-                        id: OrderId(entry.id),
+                        id: OrderId(entry.id()),
                         reason: CancelReason::SelfTrade,
                         remaining: self.lot.to_decimal(u128::from(maker.remaining)),
                     });
@@ -634,7 +643,7 @@ impl Book {
                     level.total -= u128::from(q);
                     out.push(Event::Trade {
                         market: self.spec.name.clone(),
-                        maker: OrderId(entry.id),
+                        maker: OrderId(entry.id()),
                         taker: OrderId(taker.id),
                         maker_owner: OwnerId(maker.owner),
                         taker_owner: OwnerId(taker.owner),
@@ -646,11 +655,11 @@ impl Book {
                         continue;
                     }
                     out.push(Event::Filled {
-                        id: OrderId(entry.id),
+                        id: OrderId(entry.id()),
                     });
                 }
                 // The maker is finished: it leaves the queue, its level and the map.
-                orders.remove(&entry.id);
+                orders.remove(&entry.id());
                 level.queue.pop_front();
                 level.live -= 1;
                 self.len -= 1;

@@ -33,6 +33,9 @@
 //!   a success in the last [`RECENT_SUCCESS_SECS`] seconds nor one that is
 //!   banned right now (so flooding the table cannot lift a ban). If nothing
 //!   can be evicted the new address is not stored.
+//! - **Whole IPs.** An entry whose port is `0` ([`ip_wide`]) stands for
+//!   every port of its IP: while it is banned, every address of that IP is
+//!   ([`PeerStore::is_banned`]); it is never returned by [`PeerStore::best`].
 //! - **Order.** [`PeerStore::best`] returns unbanned peers by score, highest
 //!   first, ties broken by address; [`PeerStore::all`] returns every entry in
 //!   address order. Both are deterministic.
@@ -51,8 +54,8 @@
 //! # What it does not do
 //!
 //! It opens no sockets and knows nothing of the wire protocol: it does not
-//! verify node ids (they are stored as given) and it bans socket addresses,
-//! not IPs or keys. Deciding *when* a peer succeeded, failed or misbehaved is
+//! verify node ids (they are stored as given) and it bans socket addresses
+//! and, through entries with port 0 ([`ip_wide`]), whole IPs, never keys. Deciding *when* a peer succeeded, failed or misbehaved is
 //! the caller's job.
 //!
 //! # Example
@@ -98,7 +101,7 @@ mod file;
 mod memory;
 mod table;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -138,6 +141,17 @@ pub const RECENT_SUCCESS_SECS: u64 = 60 * 60;
 /// The longest node id stored (a 32-byte key in hex is 64 characters);
 /// longer ones are ignored, so a caller bug cannot bloat the file.
 pub const MAX_NODE_ID_LEN: usize = 128;
+
+/// The key under which misbehaviour of a whole IP is recorded: `ip` (IPv4-mapped
+/// IPv6 addresses as IPv4) with port `0`.
+///
+/// A peer that misbehaves can reconnect from another source port and claim another
+/// listen port, so callers record its misbehaviour under this key as well as under
+/// its address; once this key is banned, [`PeerStore::is_banned`] holds for every
+/// port of the IP. Such entries are never returned by [`PeerStore::best`].
+pub fn ip_wide(ip: IpAddr) -> SocketAddr {
+    SocketAddr::new(ip.to_canonical(), 0)
+}
 
 /// Where the node learnt of a peer address.
 ///
@@ -241,9 +255,11 @@ pub trait PeerStore: Send + Sync + 'static {
     /// exponentially growing time (see the crate docs). Stores the address as
     /// [`Source::Inbound`] if it is unknown.
     fn record_misbehaviour(&self, addr: SocketAddr, now: u64);
-    /// Whether `addr` is banned at `now`.
+    /// Whether `addr` is banned at `now`: its own entry is, or its IP's entry
+    /// ([`ip_wide`]) is.
     fn is_banned(&self, addr: SocketAddr, now: u64) -> bool;
-    /// Up to `limit` unbanned peers, best score first, ties by address.
+    /// Up to `limit` unbanned, dialable peers (no [`ip_wide`] entries), best score
+    /// first, ties by address.
     fn best(&self, limit: usize, now: u64) -> Vec<PeerRecord>;
     /// Every entry, banned or not, in address order.
     fn all(&self) -> Vec<PeerRecord>;

@@ -139,10 +139,14 @@ impl PeerTable {
     }
 
     /// See [`crate::PeerStore::is_banned`].
+    /// An address is banned if its own entry is, or its IP's ([`crate::ip_wide`]).
     pub(crate) fn is_banned(&self, addr: SocketAddr, now: u64) -> bool {
-        self.entries
-            .get(&addr)
-            .is_some_and(|entry| entry.record.is_banned(now))
+        let banned = |addr: &SocketAddr| {
+            self.entries
+                .get(addr)
+                .is_some_and(|entry| entry.record.is_banned(now))
+        };
+        banned(&addr) || banned(&crate::ip_wide(addr.ip()))
     }
 
     /// See [`crate::PeerStore::best`].
@@ -151,7 +155,8 @@ impl PeerTable {
             .entries
             .values()
             .map(|entry| &entry.record)
-            .filter(|record| !record.is_banned(now))
+            // IP-wide entries (port 0) cannot be dialled.
+            .filter(|record| record.addr.port() != 0 && !self.is_banned(record.addr, now))
             .collect();
         unbanned.sort_by_key(|record| (std::cmp::Reverse(record.score), record.addr));
         unbanned.into_iter().take(limit).cloned().collect()

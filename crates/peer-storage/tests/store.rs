@@ -257,6 +257,37 @@ fn repeated_misbehaviour_bans_exponentially_and_bans_expire() {
 }
 
 #[test]
+fn an_ip_wide_ban_covers_every_port_of_that_ip_only() {
+    both(10, |store| {
+        let other_ip = SocketAddr::from(([10, 0, 0, 9], 4000));
+        store.upsert(addr(1), Source::Exchange, None, T0);
+        store.upsert(other_ip, Source::Exchange, None, T0);
+        let whole = peer_storage::ip_wide(addr(1).ip());
+        assert_eq!(whole, addr(0));
+        // An IPv4-mapped IPv6 address keys the same IPv4 entry.
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5".parse().expect("address");
+        assert_eq!(peer_storage::ip_wide(mapped.ip()), whole);
+
+        for _ in 1..BAN_THRESHOLD {
+            store.record_misbehaviour(whole, T0);
+        }
+        assert!(!store.is_banned(addr(1), T0), "below the threshold");
+        // Not yet banned, an IP-wide entry is still never offered for dialling.
+        let best: Vec<_> = store.best(10, T0).iter().map(|r| r.addr).collect();
+        assert_eq!(best, vec![other_ip, addr(1)]);
+
+        store.record_misbehaviour(whole, T0);
+        for port in [1, 2, 65535] {
+            assert!(store.is_banned(addr(port), T0), "port {port} of the banned ip");
+        }
+        assert!(!store.is_banned(other_ip, T0), "another ip is unaffected");
+        let best: Vec<_> = store.best(10, T0).iter().map(|r| r.addr).collect();
+        assert_eq!(best, vec![other_ip], "every port of the banned ip is left out");
+        assert!(!store.is_banned(addr(1), T0 + BAN_BASE_SECS), "the ban expires");
+    });
+}
+
+#[test]
 fn best_orders_by_score_then_address_and_respects_limit() {
     both(10, |store| {
         for port in [5, 4, 3, 2, 1] {
@@ -796,7 +827,10 @@ proptest! {
         let best = store.best(usize::MAX, now);
         prop_assert!(best.iter().all(|r| !store.is_banned(r.addr, now)));
         prop_assert!(best.windows(2).all(|w| (w[1].score, w[0].addr) < (w[0].score, w[1].addr)));
-        prop_assert_eq!(best.len(), all.iter().filter(|r| !r.is_banned(now)).count());
+        // Port 0 is the IP-wide entry: never dialable, and its ban covers every port.
+        let ip_banned = all.iter().any(|r| r.addr.port() == 0 && r.is_banned(now));
+        let dialable = all.iter().filter(|r| r.addr.port() != 0 && !r.is_banned(now) && !ip_banned);
+        prop_assert_eq!(best.len(), dialable.count());
     }
 
     /// The file store follows the same rules as the memory store, and a

@@ -51,8 +51,11 @@
 //! - **Misbehaviour** (an oversize or undecodable frame, a forged handshake, a
 //!   handshake message out of place, or [`Handle::report_misbehaviour`]) disconnects
 //!   the peer and is recorded in the `PeerStore`, which bans repeat offenders; banned
-//!   addresses are neither dialled nor accepted. Unknown message types from newer
-//!   peers are skipped.
+//!   addresses are neither dialled nor accepted. Misbehaviour also counts against the
+//!   peer's whole IP (`peer_storage::ip_wide`; loopback excepted, since every node of
+//!   a host shares it), so a banned peer cannot come back from another port:
+//!   connections from a banned IP are closed as soon as they are accepted. Unknown
+//!   message types from newer peers are skipped.
 //! - **Shutdown**: [`Handle::shutdown`] says `Goodbye{Shutdown}` to every peer and
 //!   returns when every task has ended; dropping the last `Handle` starts the same
 //!   shutdown in the background.

@@ -497,11 +497,21 @@ impl Shared {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Records misbehaviour at `addr` and, so that reconnecting from (or claiming)
+    /// another port does not escape a ban, against its whole IP
+    /// ([`peer_storage::ip_wide`]). Loopback is exempt from the IP-wide record: the
+    /// nodes of one host all share it, and one bad local node must not cut them all.
     pub fn record_misbehaviour(&self, addr: SocketAddr) {
         metrics::counter!("transport_misbehaviour_total").increment(1);
-        self.store.record_misbehaviour(addr, unix_now());
+        let now = unix_now();
+        self.store.record_misbehaviour(addr, now);
+        if !addr.ip().to_canonical().is_loopback() {
+            self.store
+                .record_misbehaviour(peer_storage::ip_wide(addr.ip()), now);
+        }
     }
 
+    /// Whether `addr` or its whole IP is banned.
     pub fn is_banned(&self, addr: SocketAddr) -> bool {
         self.store.is_banned(addr, unix_now())
     }
@@ -792,6 +802,13 @@ async fn accept_loop<L: Listener>(shared: Arc<Shared>, mut listener: L) {
                 }
             }
         };
+        if shared.is_banned(remote) {
+            // A banned IP gets no handshake slot and no explanation.
+            debug!(%remote, "refusing inbound connection: banned");
+            metrics::counter!("transport_refused_total", "reason" => "banned").increment(1);
+            drop(io);
+            continue;
+        }
         let io: BoxIo = Box::new(io);
         match shared.begin_handshake(Some(remote.ip())) {
             Ok(slot) => {

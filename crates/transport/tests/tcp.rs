@@ -994,3 +994,71 @@ async fn a_dead_address_opens_its_circuit_breaker() {
     assert_eq!(a.store.get(dead).map(|r| r.failures), Some(3));
     a.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_banned_ip_cannot_come_back_from_another_port() {
+    let network = MemoryNetwork::new();
+    let mem = |ip: &str| Config {
+        listen: format!("{ip}:0").parse().expect("address"),
+        ..config()
+    };
+    let victim = start_with(
+        mem("10.0.0.1"),
+        Arc::new(Identity::generate()),
+        network.clone(),
+    )
+    .await;
+    let victim_addr = victim.handle.local_addr();
+
+    // Each offence comes from a fresh identity, listen port and source port on
+    // 10.0.0.2, so only the IP ties them together.
+    for offence in 1..=peer_storage::BAN_THRESHOLD {
+        let attacker = start_with(
+            mem("10.0.0.2"),
+            Arc::new(Identity::generate()),
+            network.clone(),
+        )
+        .await;
+        let id = attacker.identity.node_id();
+        attacker
+            .handle
+            .dial(victim_addr)
+            .await
+            .unwrap_or_else(|e| panic!("offence {offence}: not yet banned: {e}"));
+        victim.handle.report_misbehaviour(&id, "test offence");
+        wait_until("the offender dropped", SOON, || {
+            !victim.handle.is_connected(&id)
+        })
+        .await;
+        attacker.handle.shutdown().await;
+    }
+    let whole_ip = peer_storage::ip_wide("10.0.0.2".parse().expect("ip"));
+    assert!(victim.store.is_banned(whole_ip, transport_now()));
+
+    // A new identity on a new port of the banned IP is refused at accept.
+    let returning = start_with(
+        mem("10.0.0.2"),
+        Arc::new(Identity::generate()),
+        network.clone(),
+    )
+    .await;
+    let result = returning.handle.dial(victim_addr).await;
+    assert!(result.is_err(), "a banned ip got in: {result:?}");
+    assert!(!victim.handle.is_connected(&returning.identity.node_id()));
+    assert!(victim.handle.peers().is_empty());
+    // The victim does not dial the banned IP either.
+    let dialled = victim.handle.dial(returning.handle.local_addr()).await;
+    assert!(matches!(dialled, Err(Error::Banned { .. })), "{dialled:?}");
+
+    // Another IP is still welcome.
+    let honest = start_with(
+        mem("10.0.0.3"),
+        Arc::new(Identity::generate()),
+        network.clone(),
+    )
+    .await;
+    honest.handle.dial(victim_addr).await.expect("honest peer");
+    for node in [&victim, &returning, &honest] {
+        node.handle.shutdown().await;
+    }
+}
