@@ -8,6 +8,7 @@ mod coverage;
 mod docs;
 mod fuzz;
 mod grape;
+mod loadtest;
 mod process;
 mod test;
 
@@ -28,6 +29,8 @@ enum Command {
     Test(test::Args),
     /// A local N-node exchange on 127.0.0.1, meshed, with its logs followed until Ctrl-C.
     Cluster(cluster::Args),
+    /// Drive a cluster through its HTTP API and report throughput, latency and agreement.
+    Loadtest(loadtest::Args),
     /// Line coverage per crate with cargo-llvm-cov (installed when missing).
     Coverage,
     /// Run every cargo-fuzz target for a bounded time (nightly; installs cargo-fuzz when missing).
@@ -49,6 +52,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Test(args) => test::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Loadtest(args) => loadtest::run(args),
         Command::Coverage => coverage::run(),
         Command::Docs { open } => docs::run(open),
         Command::Fuzz { seconds } => fuzz::run(seconds),

@@ -35,7 +35,7 @@ pub struct Config {
     pub peer_storage_path: Option<PathBuf>,
     /// Whether to discover peers with mDNS.
     pub discovery_mdns: bool,
-    /// The interfaces mDNS runs on; empty means every non-loopback interface.
+    /// The interfaces mDNS runs on (e.g. `lo`); empty means every interface (discovery's `all`).
     pub mdns_interfaces: Vec<String>,
     /// Whether to discover peers through a Grape (needs the `grenache` feature).
     pub discovery_grenache: bool,

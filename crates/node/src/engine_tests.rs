@@ -724,10 +724,94 @@ fn a_late_joiner_pages_through_a_long_log() {
         }
     }
     sim.settle_all();
+    let responses = sim.sync_responses;
     assert!(
         responses >= 3,
         "paged over several responses, got {responses}"
     );
     assert_eq!(sim.nodes[1].digest(), sim.nodes[0].digest());
     assert_eq!(sim.nodes[1].book("BTC-USD").expect("book").len(), n);
+}
+
+#[test]
+fn a_digest_mismatch_at_the_same_position_is_counted() {
+    let mut sim = Sim::network(2);
+    sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.settle_all();
+    let from = sim.identities[1].node_id();
+    let settled_events = sim.nodes[0].settled_events();
+    let honest = PeerInput::Digest {
+        lamport: 0,
+        settled_events,
+        digest: sim.nodes[1].digest(),
+    };
+    sim.input(
+        0,
+        Input::Peer {
+            from,
+            message: honest,
+        },
+    );
+    assert_eq!(sim.nodes[0].status().digest_mismatches, 0);
+    let wrong = PeerInput::Digest {
+        lamport: 0,
+        settled_events,
+        digest: [0xee; 32],
+    };
+    sim.input(
+        0,
+        Input::Peer {
+            from,
+            message: wrong,
+        },
+    );
+    assert_eq!(sim.nodes[0].status().digest_mismatches, 1);
+    // A digest at a position this node never recorded proves nothing.
+    let elsewhere = PeerInput::Digest {
+        lamport: 0,
+        settled_events: settled_events + 1000,
+        digest: [0xee; 32],
+    };
+    sim.input(
+        0,
+        Input::Peer {
+            from,
+            message: elsewhere,
+        },
+    );
+    assert_eq!(sim.nodes[0].status().digest_mismatches, 1);
+}
+
+#[test]
+fn concurrent_events_settle_in_key_order_lamport_then_origin() {
+    let mut sim = Sim::network(2);
+    sim.place(0, limit(Side::Sell, "100", "1")).expect("placed");
+    sim.settle_all();
+    // Cut the link: both nodes stamp their next event with the same lamport.
+    sim.connected[0][1] = false;
+    sim.connected[1][0] = false;
+    let a = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    let b = sim.place(1, limit(Side::Buy, "100", "1")).expect("placed");
+    assert_eq!(a.lamport, b.lamport, "concurrent events share a lamport");
+    assert_eq!(a.status, OrderStatus::Pending);
+    sim.connected[0][1] = true;
+    sim.connected[1][0] = true;
+    sim.settle_all();
+    // Equal lamports: the lower origin id goes first and takes the only unit for sale.
+    let (first, second) = if sim.identities[0].node_id() < sim.identities[1].node_id() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    for node in &sim.nodes {
+        let first = node
+            .order(first.order_id.parse().expect("id"))
+            .expect("known");
+        let second = node
+            .order(second.order_id.parse().expect("id"))
+            .expect("known");
+        assert_eq!(first.status, OrderStatus::Filled);
+        assert_eq!(second.status, OrderStatus::Open);
+    }
+    assert_eq!(sim.nodes[0].digest(), sim.nodes[1].digest());
 }

@@ -56,10 +56,20 @@
 //!   `/v1/markets/{m}/trades?limit=N`, `/v1/status`, `/v1/peers`, `/health`, `/metrics`,
 //!   `/v1/stream` (WebSocket). Errors are `{"error":{"code","message"}}`.
 //!
+//! - **Discovery and peers**: bootstrap list, the persisted peer table (`.peers.json`),
+//!   mDNS (pinned to `mdns_interfaces`), Grenache (with the `grenache` feature) and peer
+//!   exchange (`GetPeers`/`Peers` on connect) feed addresses to the transport, which keeps
+//!   them connected.
+//! - **Metrics**: `/metrics` renders the process's Prometheus recorder (installed once per
+//!   process, shared by every node in it; fsync counts and latency, misbehaviour, plus the
+//!   transport's own metrics) followed by this node's replication gauges.
+//!
 //! # What it does not do (yet)
-//! No eviction of silent members (a later issue), no snapshots (replay is from the start
-//! of the log), no `Leave` on shutdown (a restarting node stays a member), no tentative
-//! matching of pending orders, no peer exchange (`GetPeers`) yet.
+//! No eviction of silent members (a later issue: any node of the same `NETWORK_ID` that asks
+//! is admitted, and a member that goes silent stalls settlement until it returns), no
+//! snapshots (replay starts at the beginning of the log, and every batch and order record
+//! stays in memory), no `Leave` on shutdown (a restarting node stays a member), no tentative
+//! matching of pending orders.
 //!
 //! # Example
 //! ```

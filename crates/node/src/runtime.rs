@@ -232,6 +232,16 @@ impl Node {
         if markets.is_empty() {
             return Err(Error::Config("no markets configured".to_owned()));
         }
+        let id = &config.network_id;
+        if id.is_empty()
+            || id.len() > peer_protocol::MAX_NETWORK_ID_LEN
+            || !id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(Error::Config(format!(
+                "network_id must be 1 to {} printable ASCII characters, got {id:?}",
+                peer_protocol::MAX_NETWORK_ID_LEN
+            )));
+        }
         let (mut store, records) = Store::open(&data_dir)?;
         let identity = Arc::new(
             Identity::load_or_create(&data_dir.join(KEY_FILE))
@@ -301,11 +311,7 @@ impl Node {
             peer_store.clone(),
         )
         .await
-        .map_err(|e| Error::Bind {
-            what: "p2p",
-            addr: listen.to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        .map_err(|e| Error::Transport(format!("cannot start on {listen}: {e}")))?;
         let p2p_addr = transport.local_addr();
 
         let api_listen = resolve(&config.api_host, config.resolved_api_port(), "api")?;
@@ -593,9 +599,10 @@ impl Shell {
         let mut effects = Vec::new();
         let mut deferred = Vec::new();
         let own_addr = self.transport.local_addr();
+        let mut last_tick = Instant::now();
         loop {
+            // Not biased: under a flood of peer messages, clients and timers still get turns.
             tokio::select! {
-                biased;
                 () = shutdown.cancelled() => break,
                 Some(event) = transport_rx.recv() => {
                     self.on_transport(event, &mut effects);
@@ -604,24 +611,33 @@ impl Shell {
                     self.on_request(request, &mut effects, &mut deferred);
                 }
                 Some(candidate) = candidates_rx.recv() => {
-                    if candidate.addr != own_addr && Some(candidate.node_id) != Some(Some(self.engine.node_id())) {
+                    let ours = candidate.node_id == Some(self.engine.node_id());
+                    if candidate.addr != own_addr && !ours {
                         self.transport.add_peer_addr(candidate.addr, candidate.source);
                     }
                 }
-                _ = ticker.tick() => {
-                    let now_ms = self.now_ms();
-                    self.engine.handle(Input::Tick { now_ms }, &mut effects);
-                }
+                _ = ticker.tick() => {}
             }
-            // A burst: whatever else is ready, bounded.
+            // A burst: whatever else is ready, bounded, taking turns between the queues.
             for _ in 0..MAX_BURST {
+                let mut any = false;
                 if let Ok(event) = transport_rx.try_recv() {
                     self.on_transport(event, &mut effects);
-                } else if let Ok(request) = requests_rx.try_recv() {
+                    any = true;
+                }
+                if let Ok(request) = requests_rx.try_recv() {
                     self.on_request(request, &mut effects, &mut deferred);
-                } else {
+                    any = true;
+                }
+                if !any {
                     break;
                 }
+            }
+            // Timers run at least every TICK even when the queues never run dry.
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                let now_ms = self.now_ms();
+                self.engine.handle(Input::Tick { now_ms }, &mut effects);
             }
             let now_ms = self.now_ms();
             self.engine.handle(Input::Flush { now_ms }, &mut effects);

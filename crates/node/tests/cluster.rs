@@ -333,12 +333,12 @@ async fn three_nodes_converge_under_concurrent_load() {
     let cluster = Cluster::start(3).await;
     let handles = cluster.handles();
     let start = Instant::now();
-    let acked = load(&handles, 700, 1).await;
+    let acked = load(&handles, 1000, 1).await;
     let loaded = start.elapsed();
-    assert_eq!(acked.len(), 2100);
+    assert_eq!(acked.len(), 3000);
     let digest = cluster.wait_converged().await;
     eprintln!(
-        "3 nodes: 2100 orders acknowledged in {loaded:?}, all settled and converged after {:?}",
+        "3 nodes: 3000 orders acknowledged in {loaded:?}, all settled and converged after {:?}",
         start.elapsed()
     );
     check_same_state(&handles, &acked).await;
@@ -354,7 +354,7 @@ async fn three_nodes_converge_under_concurrent_load() {
 async fn five_nodes_converge_under_concurrent_load() {
     let cluster = Cluster::start(5).await;
     let handles = cluster.handles();
-    let acked = load(&handles, 400, 2).await;
+    let acked = load(&handles, 600, 2).await;
     cluster.wait_converged().await;
     check_same_state(&handles, &acked).await;
 }
@@ -1061,4 +1061,35 @@ async fn the_websocket_stream_sends_trades_and_books() {
         kinds.contains("book"),
         "book updates streamed too: {kinds:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configurations_fail_with_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut bad = config(dir.path(), true, Vec::new());
+    bad.network_id = "has spaces".to_owned();
+    let err = Node::start(bad).await.expect_err("invalid network id");
+    assert!(matches!(err, node::Error::Config(_)), "{err}");
+    assert!(err.to_string().contains("network_id"), "{err}");
+
+    let mut no_markets = config(dir.path(), true, Vec::new());
+    no_markets.markets.clear();
+    assert!(matches!(
+        Node::start(no_markets).await,
+        Err(node::Error::Config(_))
+    ));
+
+    // The API port is taken: a clear bind error, and the data dir is usable again after.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut clash = config(dir.path(), true, Vec::new());
+    clash.api_port = Some(taken.local_addr().expect("addr").port());
+    let err = Node::start(clash).await.expect_err("port taken");
+    assert!(
+        matches!(err, node::Error::Bind { what: "api", .. }),
+        "{err}"
+    );
+    let node = Node::start(config(dir.path(), true, Vec::new()))
+        .await
+        .expect("starts");
+    node.shutdown().await.expect("shutdown");
 }

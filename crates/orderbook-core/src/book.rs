@@ -351,7 +351,6 @@ impl Book {
             id,
             Order {
                 owner,
-                price,
                 remaining,
                 filled,
                 seq,

@@ -32,14 +32,16 @@
 //!
 //! # Inside
 //! Prices are `u64` ticks and quantities `u64` lots. All resting orders live
-//! in one hash map by id (72 bytes an entry); each price level holds a FIFO
-//! queue of `(id, seq)` entries (32 bytes each) and is found through a
+//! in one hash map by id (64 bytes an entry); each price level holds a FIFO
+//! queue of `(id, seq)` entries (24 bytes each) and is found through a
 //! `BTreeMap` (best price) and a hash map (exact price). A cancel removes the
 //! order from the map and leaves a stale queue entry behind, skipped by
-//! matching and compacted away once stale entries outnumber live ones, so a
-//! resting order costs roughly 110 to 200 bytes. The hash maps use a fixed,
-//! seedable hasher ([`Exchange::with_hash_seed`]); nothing ever iterates
-//! them, so results never depend on their layout.
+//! matching and compacted away once stale entries outnumber live ones; the
+//! id map shrinks again after mass cancels. Measured: about 160 bytes of
+//! memory per resting order in a book of 1M orders, about 220 after a third
+//! of them were cancelled. The hash maps use a fixed, seedable hasher
+//! ([`Exchange::with_hash_seed`]); nothing ever iterates them, so results
+//! never depend on their layout.
 //!
 //! # What it does not do
 //! No I/O, no async, no clocks, no randomness, no persistence, no trade ids or

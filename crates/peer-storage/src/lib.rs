@@ -55,8 +55,9 @@
 //!
 //! It opens no sockets and knows nothing of the wire protocol: it does not
 //! verify node ids (they are stored as given) and it bans socket addresses
-//! and, through entries with port 0 ([`ip_wide`]), whole IPs, never keys. Deciding *when* a peer succeeded, failed or misbehaved is
-//! the caller's job.
+//! and, through entries with port 0 ([`ip_wide`]), whole IPs, never keys.
+//! Deciding *when* a peer succeeded, failed or misbehaved is the caller's
+//! job.
 //!
 //! # Example
 //!

@@ -278,12 +278,22 @@ fn an_ip_wide_ban_covers_every_port_of_that_ip_only() {
 
         store.record_misbehaviour(whole, T0);
         for port in [1, 2, 65535] {
-            assert!(store.is_banned(addr(port), T0), "port {port} of the banned ip");
+            assert!(
+                store.is_banned(addr(port), T0),
+                "port {port} of the banned ip"
+            );
         }
         assert!(!store.is_banned(other_ip, T0), "another ip is unaffected");
         let best: Vec<_> = store.best(10, T0).iter().map(|r| r.addr).collect();
-        assert_eq!(best, vec![other_ip], "every port of the banned ip is left out");
-        assert!(!store.is_banned(addr(1), T0 + BAN_BASE_SECS), "the ban expires");
+        assert_eq!(
+            best,
+            vec![other_ip],
+            "every port of the banned ip is left out"
+        );
+        assert!(
+            !store.is_banned(addr(1), T0 + BAN_BASE_SECS),
+            "the ban expires"
+        );
     });
 }
 

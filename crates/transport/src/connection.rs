@@ -2,7 +2,7 @@
 //! inbound messages) and a writer task that owns the socket's write half.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -85,6 +85,12 @@ pub(crate) struct ConnStats {
     rtt_micros: AtomicU64,
     /// The last `Ping` sent and when.
     ping: Mutex<Option<(u64, Instant)>>,
+    /// When the connection was admitted; the base of `last_heard_micros`.
+    since: Instant,
+    /// When a frame last arrived, in microseconds after `since`.
+    last_heard_micros: AtomicU64,
+    /// Whether any frame arrived since admission.
+    heard_any: AtomicBool,
 }
 
 impl ConnStats {
@@ -94,7 +100,33 @@ impl ConnStats {
             bytes_out: AtomicU64::new(0),
             rtt_micros: AtomicU64::new(u64::MAX),
             ping: Mutex::new(None),
+            since: Instant::now(),
+            last_heard_micros: AtomicU64::new(0),
+            heard_any: AtomicBool::new(false),
         }
+    }
+
+    /// The peer proved itself alive just now (a frame, or the handshake).
+    fn alive(&self) {
+        let micros = u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_heard_micros.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    /// A frame arrived just now.
+    fn heard(&self) {
+        self.alive();
+        self.heard_any.store(true, Ordering::Relaxed);
+    }
+
+    /// How long a connection that once worked has been silent: `None` until a frame
+    /// arrived after admission (a connection whose peer has not started talking yet
+    /// is young, not stale), else the time since the last frame.
+    pub fn silent_for(&self) -> Option<Duration> {
+        if !self.heard_any.load(Ordering::Relaxed) {
+            return None;
+        }
+        let heard = Duration::from_micros(self.last_heard_micros.load(Ordering::Relaxed));
+        Some(self.since.elapsed().saturating_sub(heard))
     }
 
     pub fn rtt(&self) -> Option<Duration> {
@@ -323,6 +355,8 @@ pub(crate) async fn run(
         listen_addr,
         inbound,
     };
+    // The handshake just proved the peer alive (reserving may have waited).
+    stats.alive();
     match shared.admit(peer, entry, permits, connected) {
         Admission::Duplicate => {
             debug!(peer = %peer.short(), %remote, "duplicate connection; keeping the other one");
@@ -553,6 +587,7 @@ async fn session(
                     Err(e) => return Close { goodbye: None, text: format!("read failed: {e}") },
                 };
                 idle.as_mut().reset(Instant::now() + config.idle_timeout);
+                stats.heard();
                 metrics::counter!("transport_messages_in_total", "kind" => message.kind())
                     .increment(1);
                 match message {

@@ -30,7 +30,10 @@
 //! signature that does not verify is recorded as misbehaviour. A connection to
 //! ourselves is dropped and its address never dialled again. When two nodes dial each
 //! other at once, both keep the connection dialled by the lower node id; a newer
-//! connection from the same dialer replaces an older one (the dialer restarted).
+//! connection from the same dialer replaces an older one (the dialer restarted), and
+//! so does any new connection when the older one had carried frames but then heard
+//! nothing for one and a half heartbeats (the peer crashed silently and came back, so
+//! it need not wait for the idle timeout).
 //!
 //! # Behaviour worth knowing
 //!
@@ -137,6 +140,8 @@ pub use transport::{Handle, KnownAddr, Transport};
 pub const DEFAULT_PORT: u16 = 3000;
 /// The default cap on connected peers (`MAX_PEERS`).
 pub const DEFAULT_MAX_PEERS: usize = 50;
+/// The default cap on the addresses kept connected ([`Config::max_known_addrs`]).
+pub const DEFAULT_MAX_KNOWN_ADDRS: usize = 1024;
 /// The default cap on the redial backoff (`PEER_RECONNECT_INTERVAL`, 30 s).
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 
@@ -169,6 +174,9 @@ pub struct Config {
     /// about once a second (and its breaker stays closed) for this long, so a
     /// restarting peer is back within a second of listening again.
     pub reconnect_fast_window: Duration,
+    /// The most addresses kept connected ([`Handle::add_peer_addr`]); addresses come
+    /// from peers too, so this bounds what they can make the transport remember.
+    pub max_known_addrs: usize,
     /// Consecutive failed dials that open an address's circuit breaker.
     pub breaker_threshold: u32,
     /// Frames queued per peer; a peer whose queue is full is disconnected as too slow.
@@ -197,6 +205,7 @@ impl Default for Config {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: DEFAULT_RECONNECT_MAX,
             reconnect_fast_window: Duration::from_secs(60),
+            max_known_addrs: DEFAULT_MAX_KNOWN_ADDRS,
             breaker_threshold: 5,
             outbound_queue: 1024,
             event_queue: 1024,
@@ -230,6 +239,9 @@ impl Config {
                 "idle_timeout ({:?}) must exceed a non-zero heartbeat_interval ({:?})",
                 self.idle_timeout, self.heartbeat_interval
             ));
+        }
+        if self.max_known_addrs == 0 {
+            return invalid("max_known_addrs must be at least 1".to_owned());
         }
         if self.handshake_timeout.is_zero() {
             return invalid("handshake_timeout must not be zero".to_owned());

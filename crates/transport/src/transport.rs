@@ -167,19 +167,38 @@ impl Handle {
     /// now and redialled whenever it is not connected, with exponential backoff and
     /// jitter from `reconnect_initial` up to `reconnect_max`, and a per-address circuit
     /// breaker. Our own addresses are ignored.
+    ///
+    /// At most `max_known_addrs` addresses are kept: a new one into a full set
+    /// replaces the unconnected, discovered address with the most consecutive failed
+    /// dials (never a bootstrap or manual one, never one without failures); if there
+    /// is none, the new address is dropped (it stays in the peer store). Addresses
+    /// learnt from peers therefore cannot grow this set without bound.
     pub fn add_peer_addr(&self, addr: SocketAddr, source: Source) {
+        if addr.port() == 0 {
+            return;
+        }
         self.shared.store.upsert(addr, source, None, unix_now());
         {
             let mut state = self.shared.lock();
             if state.own.contains(&addr) {
                 return;
             }
+            if !state.known.contains_key(&addr)
+                && state.known.len() >= self.shared.config.max_known_addrs
+                && !evict_known(&mut state)
+            {
+                debug!(%addr, "too many known addresses; not keeping this one connected");
+                return;
+            }
             let now = Instant::now();
             let policy = self.shared.policy;
-            state
+            let known = state
                 .known
                 .entry(addr)
-                .or_insert_with(|| Known::new(&policy, now));
+                .or_insert_with(|| Known::new(&policy, now, source));
+            if source.is_configured() {
+                known.source = source;
+            }
         }
         self.shared.redial_wake.notify_one();
     }
@@ -445,15 +464,45 @@ struct Known {
     redial: Redial,
     dialing: bool,
     node_id: Option<NodeId>,
+    /// Bootstrap and manual addresses are never evicted.
+    source: Source,
 }
 
 impl Known {
-    fn new(policy: &Policy, now: Instant) -> Self {
+    fn new(policy: &Policy, now: Instant, source: Source) -> Self {
         Known {
             redial: Redial::new(policy, now),
             dialing: false,
             node_id: None,
+            source,
         }
+    }
+}
+
+/// Removes the known address most worth forgetting (see [`Handle::add_peer_addr`]);
+/// returns whether there was one.
+fn evict_known(state: &mut State) -> bool {
+    let connected: HashSet<SocketAddr> = state.peers.values().map(|p| p.listen_addr).collect();
+    let victim = state
+        .known
+        .iter()
+        .filter(|(addr, k)| {
+            !k.dialing
+                && !k.source.is_configured()
+                && k.redial.failures() > 0
+                && !connected.contains(addr)
+                && !k.node_id.is_some_and(|id| state.peers.contains_key(&id))
+        })
+        // Most failures first; ties by the highest address, so the choice is stable.
+        .max_by_key(|(addr, k)| (k.redial.failures(), **addr))
+        .map(|(addr, _)| *addr);
+    match victim {
+        Some(addr) => {
+            debug!(%addr, "forgetting a failing address to make room for another");
+            state.known.remove(&addr);
+            true
+        }
+        None => false,
     }
 }
 
@@ -467,6 +516,17 @@ pub(crate) enum Admission {
     Duplicate,
     /// No room for another peer.
     Full,
+}
+
+/// How long an established connection that has carried frames may go without one
+/// before a new, authenticated connection from the same peer replaces it whatever
+/// its dialer.
+///
+/// Every connection sends a `Ping` each heartbeat, starting at once, so a live one
+/// is never quiet for much more than one; half a heartbeat more absorbs scheduling
+/// jitter.
+pub(crate) fn stale_after(heartbeat_interval: Duration) -> Duration {
+    heartbeat_interval + heartbeat_interval / 2
 }
 
 /// The rule both ends of a pair of connections compute identically.
@@ -529,7 +589,21 @@ impl Shared {
         let mut state = self.lock();
         let admission = match state.peers.get(&peer) {
             Some(existing) => {
+                let silent = existing.stats.silent_for();
+                let stale = stale_after(self.config.heartbeat_interval);
                 if resolve_duplicate(existing.dialer, entry.dialer, self.node_id, peer) {
+                    Admission::Replace(Arc::clone(&existing.ctl))
+                } else if silent.is_some_and(|silent| silent > stale) {
+                    // The old connection worked, then missed a heartbeat, while the
+                    // peer proved itself on a new one: it crashed or lost the link
+                    // silently and came back. Waiting for the idle timeout would
+                    // refuse it until then. (In a simultaneous dial the other
+                    // connection is young, or its heartbeats are flowing, so the
+                    // deterministic rule above decides.)
+                    info!(
+                        peer = %peer.short(), silent = ?silent,
+                        "replacing a silent connection with the peer's new one"
+                    );
                     Admission::Replace(Arc::clone(&existing.ctl))
                 } else {
                     Admission::Duplicate

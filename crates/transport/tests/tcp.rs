@@ -1062,3 +1062,111 @@ async fn a_banned_ip_cannot_come_back_from_another_port() {
         node.handle.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_peer_back_from_a_silent_crash_replaces_its_stale_connection_at_once() {
+    let network = MemoryNetwork::new();
+    // An idle timeout far beyond the deadline below: only replacing the stale
+    // connection can let the restarted peer in in time.
+    let mem = |ip: &str| Config {
+        listen: format!("{ip}:0").parse().expect("address"),
+        idle_timeout: Duration::from_secs(30),
+        ..config()
+    };
+    let (low, high) = {
+        let (x, y) = (Identity::generate(), Identity::generate());
+        if x.node_id() < y.node_id() {
+            (Arc::new(x), Arc::new(y))
+        } else {
+            (Arc::new(y), Arc::new(x))
+        }
+    };
+    let low_node = start_with(mem("10.0.0.1"), low, network.clone()).await;
+    let old_high = start_with(mem("10.0.0.2"), Arc::clone(&high), network.clone()).await;
+    let (low_addr, old_high_addr) = (low_node.handle.local_addr(), old_high.handle.local_addr());
+    // The lower id dialled: a redial by the higher one loses the simultaneous-dial rule.
+    low_node.handle.dial(old_high_addr).await.expect("dial");
+    wait_until("heartbeats flowing", SOON, || {
+        low_node
+            .handle
+            .peers()
+            .first()
+            .is_some_and(|p| p.rtt.is_some())
+    })
+    .await;
+
+    // The high node goes silent without closing anything, and comes back as a new
+    // process with the same key on another port.
+    network.set_address_blocked(old_high_addr, true);
+    let high_node = start_with(mem("10.0.0.2"), Arc::clone(&high), network.clone()).await;
+    high_node.handle.add_peer_addr(low_addr, Source::Bootstrap);
+    let connected = |node: &Node, other: &Identity| {
+        node.handle
+            .peers()
+            .iter()
+            .any(|p| p.node_id == other.node_id() && p.rtt.is_some())
+    };
+    let came_back = Instant::now();
+    wait_until("the restarted peer connected on both sides", SOON, || {
+        let fresh = low_node
+            .handle
+            .peers()
+            .first()
+            .is_some_and(|p| p.listen_addr == high_node.handle.local_addr());
+        fresh && connected(&high_node, &low_node.identity) && connected(&low_node, &high)
+    })
+    .await;
+    assert!(
+        came_back.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        came_back.elapsed()
+    );
+    for node in [&low_node, &high_node, &old_high] {
+        node.handle.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn addresses_from_peers_cannot_grow_the_known_set_without_bound() {
+    let network = MemoryNetwork::new();
+    let a = start_with(
+        Config {
+            listen: "10.0.0.1:0".parse().expect("address"),
+            max_known_addrs: 3,
+            reconnect_initial: Duration::from_millis(10),
+            ..config()
+        },
+        Arc::new(Identity::generate()),
+        network,
+    )
+    .await;
+    // Nothing listens on these: every dial fails at once.
+    let dead = |i: u16| SocketAddr::from(([10, 9, 0, 1], 1000 + i));
+    a.handle.add_peer_addr(dead(0), Source::Bootstrap);
+    a.handle.add_peer_addr(dead(1), Source::Exchange);
+    a.handle.add_peer_addr(dead(2), Source::Exchange);
+    // A full set of addresses that were never tried keeps them: the newcomer waits.
+    // (No await since the first add: on this single-threaded runtime no dial has run.)
+    a.handle.add_peer_addr(dead(3), Source::Exchange);
+    assert_eq!(a.handle.known_addrs().len(), 3);
+    assert!(a.handle.known_addrs().iter().all(|k| k.addr != dead(3)));
+
+    wait_until("every known address failed once", SOON, || {
+        a.handle.known_addrs().iter().all(|k| k.failures > 0)
+    })
+    .await;
+    for i in 10..60 {
+        a.handle.add_peer_addr(dead(i), Source::Exchange);
+        let known = a.handle.known_addrs();
+        assert!(known.len() <= 3, "{} known addresses", known.len());
+        assert!(
+            known.iter().any(|k| k.addr == dead(0)),
+            "the bootstrap address is never evicted"
+        );
+    }
+    // Port 0 is never an address to dial.
+    a.handle
+        .add_peer_addr(SocketAddr::from(([10, 9, 0, 2], 0)), Source::Exchange);
+    assert!(a.handle.known_addrs().iter().all(|k| k.addr.port() != 0));
+    a.handle.shutdown().await;
+}
