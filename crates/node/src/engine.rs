@@ -220,6 +220,8 @@ pub enum Effect {
     },
     /// A settled trade (for the WebSocket stream).
     Trade(TradeView),
+    /// One of this node's own orders settled (for settlement-latency metrics).
+    Settled(ApiOrderId),
     /// A market's settled book changed (for the WebSocket stream).
     BookChanged(String),
 }
@@ -1826,6 +1828,9 @@ impl Engine {
                         stp: SelfTradePrevention::None,
                     });
                     self.execute(cmd, key.0, out);
+                    if origin == self.me {
+                        out.push(Effect::Settled(ApiOrderId(id)));
+                    }
                     out.push(Effect::BookChanged(market));
                 }
             }

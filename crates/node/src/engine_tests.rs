@@ -130,7 +130,7 @@ impl Sim {
                 Effect::Disconnect { peer, .. } => self.disconnects.push((node, peer)),
                 Effect::Misbehaviour { peer, what } => self.misbehaviour.push((node, peer, what)),
                 Effect::Reply { request, reply } => self.replies.push((node, request, reply)),
-                Effect::Trade(_) | Effect::BookChanged(_) => {}
+                Effect::Trade(_) | Effect::BookChanged(_) | Effect::Settled(_) => {}
             }
         }
     }

@@ -55,6 +55,8 @@
 //!   /v1/orders/{id}`, `GET /v1/markets`, `/v1/markets/{m}/book?depth=N`,
 //!   `/v1/markets/{m}/trades?limit=N`, `/v1/status`, `/v1/peers`, `/health`, `/metrics`,
 //!   `/v1/stream` (WebSocket). Errors are `{"error":{"code","message"}}`.
+//!   `/v1/status` also reports `waiting_for` (members holding settlement back) and the
+//!   p50/p99 time from acknowledging this node's orders to settling them.
 //!
 //! - **Discovery and peers**: bootstrap list, the persisted peer table (`.peers.json`),
 //!   mDNS (pinned to `mdns_interfaces`), Grenache (with the `grenache` feature) and peer

@@ -4,7 +4,7 @@
 //! inputs, flushes the engine, appends and fsyncs what must be durable (group
 //! commit), and only then sends messages and answers clients.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +45,11 @@ pub struct Status {
     pub api_addr: SocketAddr,
     /// The number of connected peers.
     pub peers: usize,
+    /// Median time from acknowledging one of this node's orders to settling it, over the
+    /// last 1024 settled orders (milliseconds; None before any).
+    pub settlement_ms_p50: Option<f64>,
+    /// The 99th percentile of the same.
+    pub settlement_ms_p99: Option<f64>,
     /// Replication state.
     #[serde(flatten)]
     pub engine: EngineStatus,
@@ -361,6 +366,8 @@ impl Node {
             peer_store,
             stream,
             started: Instant::now(),
+            placed_at: HashMap::new(),
+            latencies: VecDeque::with_capacity(LATENCY_WINDOW),
             status_base: StatusBase {
                 node_id: node_id.to_string(),
                 node_label: node_id.short(),
@@ -567,7 +574,16 @@ struct Shell {
     stream: broadcast::Sender<Arc<str>>,
     started: Instant,
     status_base: StatusBase,
+    /// When each own pending order was acknowledged (bounded), to measure settlement latency.
+    placed_at: HashMap<u128, Instant>,
+    /// The most recent settlement latencies, in microseconds (a ring).
+    latencies: VecDeque<u64>,
 }
+
+/// Own orders whose acknowledgement time is remembered at most.
+const MAX_TRACKED_ORDERS: usize = 100_000;
+/// Settlement latencies kept for the status percentiles.
+const LATENCY_WINDOW: usize = 1024;
 
 enum Deferred {
     One(
@@ -779,6 +795,16 @@ impl Shell {
                 other => effects.push(other),
             }
         }
+        if let Some(Ok(view)) = &reply
+            && view.status == crate::engine::OrderStatus::Pending
+            && let Ok(id) = view.order_id.parse::<ApiOrderId>()
+        {
+            if self.placed_at.len() >= MAX_TRACKED_ORDERS {
+                // Orders that never settle (a silent member) must not grow this forever.
+                self.placed_at.clear();
+            }
+            self.placed_at.entry(id.0.0).or_insert_with(Instant::now);
+        }
         reply.unwrap_or_else(|| {
             Err(ClientError {
                 kind: crate::engine::ClientErrorKind::Unavailable,
@@ -843,6 +869,17 @@ impl Shell {
                 Effect::BookChanged(market) => {
                     books.insert(market);
                 }
+                Effect::Settled(id) => {
+                    if let Some(at) = self.placed_at.remove(&id.0.0) {
+                        let latency = at.elapsed();
+                        metrics::histogram!("p2p_exchange_settlement_seconds", "node" => self.status_base.node_label.clone())
+                            .record(latency.as_secs_f64());
+                        if self.latencies.len() >= LATENCY_WINDOW {
+                            self.latencies.pop_front();
+                        }
+                        self.latencies.push_back(latency.as_micros() as u64);
+                    }
+                }
             }
         }
         if self.stream.receiver_count() > 0 {
@@ -874,6 +911,16 @@ impl Shell {
         Ok(())
     }
 
+    fn latency_percentile(&self, percent: usize) -> Option<f64> {
+        let mut sorted: Vec<u64> = self.latencies.iter().copied().collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_unstable();
+        let index = (sorted.len() * percent / 100).min(sorted.len() - 1);
+        Some(sorted[index] as f64 / 1000.0)
+    }
+
     fn answer(&mut self, request: Request) {
         match request {
             Request::Order(id, tx) => {
@@ -893,6 +940,8 @@ impl Shell {
                     p2p_addr: self.status_base.p2p_addr,
                     api_addr: self.status_base.api_addr,
                     peers: self.transport.peers().len(),
+                    settlement_ms_p50: self.latency_percentile(50),
+                    settlement_ms_p99: self.latency_percentile(99),
                     engine: self.engine.status(),
                 });
             }

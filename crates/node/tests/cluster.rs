@@ -881,6 +881,10 @@ async fn the_http_api_follows_the_design() {
         .expect("text");
     assert!(metrics.contains("p2p_exchange_settled_events"));
     assert!(metrics.contains("p2p_exchange_fsyncs_total"), "{metrics}");
+    assert!(
+        metrics.contains("p2p_exchange_settlement_seconds"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -983,6 +987,10 @@ async fn orders_settle_quickly_and_trades_are_streamed() {
     eprintln!("ack-to-settled latency over 3 nodes (debug build): p50 {p50:?} p90 {p90:?}");
     // G5: settled within a few heartbeat intervals (200 ms here) while everyone is connected.
     assert!(p90 < Duration::from_millis(1000), "p90 {p90:?}");
+    // The nodes measure the same thing for their own orders.
+    let status = maker.status().await.expect("up");
+    let p50 = status.settlement_ms_p50.expect("measured");
+    assert!(p50 < 1000.0, "{p50} ms");
     // The other node streamed the trades as JSON.
     let mut trades = 0;
     while let Ok(text) = stream.try_recv() {

@@ -27,6 +27,9 @@ pub(crate) const REPLACED: &str = "replaced by a newer connection";
 const WRITER_LINGER: Duration = Duration::from_secs(1);
 /// Frames the writer writes before it flushes, when more are queued.
 const WRITE_BATCH: usize = 64;
+/// The largest frame accepted before the handshake completes: a `Hello` with the
+/// longest network id and agent, a `HelloAck` or a `Goodbye` take under 400 bytes.
+const HANDSHAKE_MAX_FRAME_LEN: usize = 4 * 1024;
 /// Read buffer growth step; the buffer only grows with bytes that arrived.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -291,7 +294,9 @@ pub(crate) async fn run(
 ) {
     let inbound = dialed.is_none();
     let (rd, mut wr) = tokio::io::split(io);
-    let mut reader = FrameReader::new(rd, shared.config.max_frame_len);
+    // Until the peer has proven who it is, a frame is a few hundred bytes at most:
+    // an unauthenticated connection may not make us buffer megabytes.
+    let mut reader = FrameReader::new(rd, HANDSHAKE_MAX_FRAME_LEN.min(shared.config.max_frame_len));
 
     let handshake = tokio::select! {
         () = shared.shutdown.cancelled() => Err(Error::Shutdown),
@@ -301,6 +306,7 @@ pub(crate) async fn run(
         ) => r.unwrap_or(Err(Error::HandshakeTimeout { addr: remote })),
     };
     slot.handshake_done();
+    reader.codec = Codec::new(shared.config.max_frame_len);
     let hello = match handshake {
         Ok(hello) => hello,
         Err(e) => {

@@ -549,6 +549,19 @@ async fn oversize_and_garbage_frames_are_refused_and_recorded() {
     })
     .await;
 
+    // Before the handshake, a frame far below `max_frame_len` but far above any
+    // handshake message is refused from its prefix: strangers cannot make us buffer.
+    let mut big_hello = TcpStream::connect(local).await.expect("connect");
+    let big_hello_addr = big_hello.local_addr().expect("local addr");
+    big_hello
+        .write_all(&(32u32 * 1024).to_be_bytes())
+        .await
+        .expect("write");
+    wait_until("oversize hello recorded", SOON, || {
+        misbehaviour_at(&a.store, big_hello_addr) == 1
+    })
+    .await;
+
     // An oversize frame after an honest handshake: blamed on the peer's listen address.
     let big = Identity::generate();
     let mut raw = RawPeer::handshake(&big, local, 5001).await;
