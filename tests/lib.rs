@@ -33,23 +33,28 @@ pub fn binary() -> &'static Path {
     })
 }
 
-/// `count` consecutive free TCP ports on 127.0.0.1 (and their +5000 API ports).
+/// `count` consecutive free TCP ports on 127.0.0.1 whose +5000 API ports are free too.
+///
+/// Blocks handed out within one test process never overlap (tests run in parallel threads);
+/// different test processes start from different pid-derived bases, and every port is checked
+/// by binding it.
 pub fn free_port_block(count: u16) -> u16 {
-    // Start from a pseudo-random base derived from the process id so parallel test binaries do
-    // not race for the same block; verify every port by binding it.
-    let mut base = 20_000 + (std::process::id() % 200) as u16 * 50;
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut base = next.unwrap_or(20_000 + (std::process::id() % 200) as u16 * 40);
     loop {
+        if base + count > 29_000 {
+            base = 15_000;
+        }
         let all_free = (0..count).all(|i| {
             TcpListener::bind(("127.0.0.1", base + i)).is_ok()
                 && TcpListener::bind(("127.0.0.1", base + i + 5000)).is_ok()
         });
         if all_free {
+            *next = Some(base + count);
             return base;
         }
-        base += count + 7;
-        if base > 29_000 {
-            base = 15_000;
-        }
+        base += count;
     }
 }
 
@@ -290,4 +295,475 @@ pub fn http(
         return Ok((code, out));
     }
     Ok((code, body.to_owned()))
+}
+
+// ---- Discovery and Grenache end-to-end helpers ------------------------------------------
+
+/// Whether `P2P_EXCHANGE_REQUIRE_ALL=1` is set: tests must run, never skip.
+pub fn require_all() -> bool {
+    std::env::var("P2P_EXCHANGE_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// Skips the calling test: prints `SKIPPED: <reason>` to stderr, or panics when
+/// [`require_all`] is set. The caller returns right after.
+#[track_caller]
+pub fn skip(reason: &str) {
+    assert!(
+        !require_all(),
+        "P2P_EXCHANGE_REQUIRE_ALL=1 but this test cannot run: {reason}"
+    );
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// The grenache npm install's `node_modules` (`$GRENACHE_NODE_MODULES`, else
+/// `<workspace>/.tools/grenache/node_modules`) when the Grape server, grenache-nodejs-link,
+/// grenache-nodejs-http and `node` are all there, or why not.
+pub fn grenache_modules() -> std::result::Result<PathBuf, String> {
+    let modules = std::env::var_os("GRENACHE_NODE_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/grenache/node_modules")
+        });
+    for needed in [
+        modules.join(".bin/grape"),
+        modules.join("grenache-nodejs-link/package.json"),
+        modules.join("grenache-nodejs-http/package.json"),
+    ] {
+        if !needed.exists() {
+            return Err(format!(
+                "{} is missing (run `cargo xtask test`, which installs the grenache packages)",
+                needed.display()
+            ));
+        }
+    }
+    let node = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !node.is_ok_and(|s| s.success()) {
+        return Err("`node` is not on PATH".into());
+    }
+    Ok(modules)
+}
+
+/// A port that was free on 127.0.0.1 (TCP) a moment ago.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free tcp port")
+}
+
+/// Two real Grapes bootstrapped off each other, as in the seed's README
+/// (`grape --dp A --aph X --bn <host>:B`), with `--dpa` so announcements expire. On loopback, or
+/// one in each of two network namespaces. Killed on drop.
+pub struct Grapes {
+    children: Vec<Child>,
+    urls: Vec<String>,
+}
+
+impl Grapes {
+    /// Two Grapes on 127.0.0.1.
+    pub fn start(modules: &Path) -> Result<Grapes> {
+        let dht = [free_udp_port()?, free_udp_port()?];
+        let api = [free_tcp_port(), free_tcp_port()];
+        Grapes::spawn(modules, [None, None], ["127.0.0.1", "127.0.0.1"], dht, api)
+    }
+
+    /// Grape `i` runs in namespace `hosts[i].0`, bound to address `hosts[i].1`.
+    pub fn start_in(modules: &Path, hosts: [(&str, &str); 2]) -> Result<Grapes> {
+        Grapes::spawn(
+            modules,
+            [Some(hosts[0].0), Some(hosts[1].0)],
+            [hosts[0].1, hosts[1].1],
+            [20001, 20002],
+            [30001, 30002],
+        )
+    }
+
+    fn spawn(
+        modules: &Path,
+        namespaces: [Option<&str>; 2],
+        hosts: [&str; 2],
+        dht: [u16; 2],
+        api: [u16; 2],
+    ) -> Result<Grapes> {
+        let grape = modules.join(".bin/grape");
+        let mut grapes = Grapes {
+            children: Vec::new(),
+            urls: Vec::new(),
+        };
+        for (i, other) in [(0, 1), (1, 0)] {
+            let mut command = match namespaces[i] {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns]).arg(&grape);
+                    c
+                }
+                None => Command::new(&grape),
+            };
+            command
+                .args(["--dp", &dht[i].to_string()])
+                .args(["--aph", &api[i].to_string()])
+                .args(["--bn", &format!("{}:{}", hosts[other], dht[other])])
+                .args(["--dpa", "120000"])
+                .args(["-b", hosts[i]])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            grapes
+                .children
+                .push(command.spawn().context("spawning a grape")?);
+            grapes.urls.push(format!("http://{}:{}", hosts[i], api[i]));
+        }
+        let post = |i: usize, path: &str, body: &str| -> Result<(u16, String)> {
+            let addr = grapes.urls[i].trim_start_matches("http://");
+            match namespaces[i] {
+                Some(ns) => ns_http(ns, addr, "POST", path, Some(body)),
+                None => http(addr.parse()?, "POST", path, Some(body)),
+            }
+        };
+        for i in 0..2 {
+            let body = r#"{"rid":"probe","data":"p2p-exchange/probe"}"#;
+            wait_for(Duration::from_secs(20), "a grape api", || {
+                Ok(post(i, "/lookup", body)?.0 == 200)
+            })?;
+        }
+        // Ready when the DHT works: what one Grape announces, the other finds (otherwise an
+        // early announcement may reach no DHT node and stay invisible until re-announced).
+        wait_for(
+            Duration::from_secs(20),
+            "the two grapes to share announcements",
+            || {
+                post(
+                    0,
+                    "/announce",
+                    r#"{"rid":"probe","data":["p2p-exchange/ready",1]}"#,
+                )?;
+                let (_, found) = post(
+                    1,
+                    "/lookup",
+                    r#"{"rid":"probe","data":"p2p-exchange/ready"}"#,
+                )?;
+                Ok(found.contains(":1\""))
+            },
+        )?;
+        Ok(grapes)
+    }
+
+    /// The API URL of Grape `i` (0 or 1).
+    pub fn url(&self, i: usize) -> &str {
+        &self.urls[i % 2]
+    }
+}
+
+impl Drop for Grapes {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind(("0.0.0.0", 0))?
+        .local_addr()?
+        .port())
+}
+
+/// Why network namespaces cannot be used here (not root, no `ip`, no `curl`), if so.
+pub fn netns_unavailable() -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        });
+    if uid.as_deref() != Some("0") {
+        return Some("network namespaces need root".into());
+    }
+    for (tool, arg) in [("ip", "-V"), ("curl", "--version")] {
+        let ok = Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Some(format!("the `{tool}` command is missing"));
+        }
+    }
+    None
+}
+
+/// Runs `ip <args>`, failing with its stderr.
+pub fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("ip {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// An isolated layer-2 network of `n` namespaces `<prefix>-n<i>` (`veth0` = `10.98.0.<i>/24`)
+/// joined by a bridge in its own namespace; nothing is routed out, so multicast never reaches
+/// a real interface. Every namespace is deleted on drop.
+pub struct Netns {
+    prefix: String,
+    hosts: usize,
+}
+
+impl Netns {
+    /// Builds the network (at most 20 hosts); `name` keeps concurrent tests apart.
+    pub fn up(name: &str, hosts: usize) -> Result<Netns> {
+        assert!((1..=20).contains(&hosts));
+        let net = Netns {
+            prefix: format!("pxt{}-{name}", std::process::id()),
+            hosts,
+        };
+        net.remove();
+        let br = net.bridge_ns();
+        ip(&["netns", "add", &br])?;
+        ip(&["-n", &br, "link", "set", "lo", "up"])?;
+        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            &br,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        ip(&["-n", &br, "link", "set", "br0", "up"])?;
+        for i in 1..=hosts {
+            let ns = net.host_ns(i);
+            let port = format!("p{i}");
+            ip(&["netns", "add", &ns])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&[
+                "link", "add", "veth0", "netns", &ns, "type", "veth", "peer", "name", &port,
+                "netns", &br,
+            ])?;
+            ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
+            ip(&["-n", &br, "link", "set", &port, "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.addr(i)),
+                "dev",
+                "veth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "veth0", "multicast", "on"])?;
+            ip(&["-n", &ns, "link", "set", "veth0", "up"])?;
+            ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "veth0"])?;
+        }
+        for i in 1..=hosts {
+            let ns = net.host_ns(i);
+            wait_for(Duration::from_secs(10), "veth0 up", || {
+                let out = Command::new("ip")
+                    .args(["-n", &ns, "-o", "link", "show", "veth0"])
+                    .output()?;
+                Ok(String::from_utf8_lossy(&out.stdout).contains("state UP"))
+            })?;
+        }
+        Ok(net)
+    }
+
+    /// The namespace of host `i` (1-based).
+    pub fn host_ns(&self, i: usize) -> String {
+        format!("{}-n{i}", self.prefix)
+    }
+
+    /// The IPv4 address of host `i`.
+    pub fn addr(&self, i: usize) -> String {
+        format!("10.98.0.{i}")
+    }
+
+    fn bridge_ns(&self) -> String {
+        format!("{}-br", self.prefix)
+    }
+
+    fn remove(&self) {
+        for i in 1..=self.hosts {
+            let _ = ip(&["netns", "del", &self.host_ns(i)]);
+        }
+        let _ = ip(&["netns", "del", &self.bridge_ns()]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// An HTTP request made from inside namespace `ns` with curl: status code and body.
+pub fn ns_http(
+    ns: &str,
+    addr: &str,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> Result<(u16, String)> {
+    let mut command = Command::new("ip");
+    command
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+        ])
+        .args(["-w", "\n%{http_code}"]);
+    if let Some(body) = json {
+        command
+            .args(["-H", "content-type: application/json"])
+            .args(["--data-binary", body]);
+    }
+    let out = command
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .context("running curl")?;
+    if !out.status.success() {
+        bail!(
+            "curl failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+    Ok((code.trim().parse()?, body.to_owned()))
+}
+
+/// A node process inside a network namespace (its API on 127.0.0.1 there, reached with
+/// [`ns_http`]). Killed on drop.
+pub struct NsNode {
+    child: Option<Child>,
+    /// Its namespace.
+    pub ns: String,
+    /// Its API address inside the namespace.
+    pub api: String,
+    log: PathBuf,
+}
+
+impl NsNode {
+    /// Starts the binary in `ns` with `DATA_DIR=<dir>/data`, the API on 127.0.0.1:`api_port`,
+    /// and `env` (nothing else is inherited but `PATH`); waits for `/health`.
+    pub fn start(ns: &str, dir: &Path, api_port: u16, env: &[(&str, String)]) -> Result<NsNode> {
+        std::fs::create_dir_all(dir)?;
+        let log = dir.join("node.log");
+        let log_file = std::fs::File::create(&log)?;
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns])
+            .arg(absolute_binary())
+            .current_dir(dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATA_DIR", dir.join("data"))
+            .env("API_HOST", "127.0.0.1")
+            .env("API_PORT", api_port.to_string())
+            .env("RUST_LOG", "info")
+            .env("EXIT_WITH_PARENT", "1")
+            .stdout(Stdio::from(log_file.try_clone()?))
+            .stderr(Stdio::from(log_file));
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let node = NsNode {
+            child: Some(
+                command
+                    .spawn()
+                    .context("spawning p2p-exchange in a namespace")?,
+            ),
+            ns: ns.to_owned(),
+            api: format!("127.0.0.1:{api_port}"),
+            log,
+        };
+        wait_for(Duration::from_secs(30), "the node's /health", || {
+            Ok(ns_http(&node.ns, &node.api, "GET", "/health", None)?.0 == 200)
+        })
+        .with_context(|| format!("node in {ns} did not come up; log:\n{}", node.log_tail()))?;
+        Ok(node)
+    }
+
+    /// `GET path` as JSON, failing on a non-200.
+    pub fn get(&self, path: &str) -> Result<Value> {
+        let (code, text) = ns_http(&self.ns, &self.api, "GET", path, None)?;
+        if code != 200 {
+            bail!("GET {path} answered {code}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> Result<Value> {
+        self.get("/v1/status")
+    }
+
+    /// Places an order, failing on a non-201.
+    pub fn place(&self, body: Value) -> Result<Value> {
+        let (code, text) = ns_http(
+            &self.ns,
+            &self.api,
+            "POST",
+            "/v1/orders",
+            Some(&body.to_string()),
+        )?;
+        if code != 201 {
+            bail!("POST /v1/orders answered {code}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// The last lines of the node's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for NsNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// [`binary`] as an absolute path (a relative `P2P_EXCHANGE_BIN` is taken from the current
+/// directory, else from the workspace root), for processes started in another directory.
+pub fn absolute_binary() -> PathBuf {
+    let path = binary();
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    [std::env::current_dir().unwrap_or_default(), root]
+        .iter()
+        .map(|dir| dir.join(path))
+        .find(|p| p.exists())
+        .and_then(|p| p.canonicalize().ok())
+        .unwrap_or_else(|| path.to_path_buf())
 }

@@ -5,4 +5,6 @@
 //! would.
 
 mod crash;
+mod discovery;
+mod grenache;
 mod quick_start;

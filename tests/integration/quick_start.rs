@@ -41,7 +41,7 @@ fn three_nodes_from_one_folder_mesh_and_trade() {
     // A crossing pair placed on two different nodes trades once, identically everywhere.
     nodes[0].place(limit("sell", "100.00", "1")).unwrap();
     nodes[1].place(limit("buy", "100.00", "1")).unwrap();
-    wait_for(Duration::from_secs(20), "the trade on every node", || {
+    wait_for(Duration::from_secs(30), "the trade on every node", || {
         let trades: Vec<_> = nodes
             .iter()
             .map(|n| get_json(n.api, "/v1/markets/BTC-USD/trades?limit=10"))
@@ -52,7 +52,8 @@ fn three_nodes_from_one_folder_mesh_and_trade() {
     .unwrap();
     let trades = get_json(nodes[2].api, "/v1/markets/BTC-USD/trades").unwrap();
     assert_eq!(trades[0]["price"], "100.00");
-    assert_eq!(trades[0]["quantity"], "1");
+    // Decimals come back at the market's scale (lot 0.0001).
+    assert_eq!(trades[0]["quantity"], "1.0000");
     assert_eq!(trades[0]["taker_side"], "buy");
 
     // Graceful shutdown on SIGTERM exits successfully.

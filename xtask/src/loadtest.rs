@@ -47,7 +47,8 @@ pub(crate) struct Args {
     /// Markets to trade, comma-separated (tick and lot sizes are read from GET /v1/markets).
     #[arg(long, value_delimiter = ',', default_value = "BTC-USD,ETH-USD")]
     markets: Vec<String>,
-    /// Open loop: operations (placements + cancels) per second on a fixed timetable.
+    /// Open loop: operations (placements + cancels) per second on a fixed timetable; 2000 when
+    /// neither --rate nor --max is given.
     #[arg(long, conflicts_with = "max")]
     rate: Option<u64>,
     /// Closed loop: every worker sends its next request as soon as the previous one is answered.
@@ -60,8 +61,9 @@ pub(crate) struct Args {
     /// cancel operations, e.g. "60,25,15".
     #[arg(long, default_value = "60,25,15")]
     mix: Mix,
-    /// Concurrent requests in flight (each a keep-alive connection).
-    #[arg(long, default_value_t = 32)]
+    /// Concurrent requests in flight (each a keep-alive connection). An open loop needs about
+    /// rate x acknowledgement latency of them, or it measures its own queue.
+    #[arg(long, default_value_t = 128)]
     concurrency: usize,
     /// Orders per request: 1 uses POST /v1/orders; more use POST /v1/orders/batch (at most
     /// 1000). A batch's share of cancels is sent alongside as DELETE requests.
@@ -515,6 +517,7 @@ async fn drive(args: &Args, apis: Vec<String>, pids: Vec<Option<u32>>) -> Result
     }
 
     let before = statuses(&client, &apis).await?;
+    let metrics_before = scrape_all(&client, &apis).await;
     let cpu_before: Vec<Option<f64>> = pids.iter().map(|p| p.and_then(cpu_seconds)).collect();
     let self_cpu_before = cpu_seconds_of("self");
     let start = Instant::now() + Duration::from_millis(20);
@@ -552,7 +555,13 @@ async fn drive(args: &Args, apis: Vec<String>, pids: Vec<Option<u32>>) -> Result
     }
     let load_end = Instant::now();
     let load_secs = load_end.duration_since(start).as_secs_f64();
-    let at_end = statuses(&client, &apis).await?;
+    // A node that stopped answering shows up as "not settled" below, not as an abort here.
+    let at_end = statuses(&client, &apis).await.unwrap_or_else(|_| {
+        pollers
+            .iter()
+            .map(|p| p.latest.lock().map(|s| s.clone()).unwrap_or_default())
+            .collect()
+    });
 
     // Wait until every node has settled everything and they agree.
     eprintln!("loadtest: load done; waiting for every node to settle");
@@ -586,6 +595,7 @@ async fn drive(args: &Args, apis: Vec<String>, pids: Vec<Option<u32>>) -> Result
         task.await.context("a status poller panicked")?;
     }
     let after = statuses(&client, &apis).await.unwrap_or_default();
+    let metrics_after = scrape_all(&client, &apis).await;
     let cpu_after: Vec<Option<f64>> = pids.iter().map(|p| p.and_then(cpu_seconds)).collect();
     let self_cpu_after = cpu_seconds_of("self");
     let window = converged_at.duration_since(start).as_secs_f64();
@@ -608,7 +618,19 @@ async fn drive(args: &Args, apis: Vec<String>, pids: Vec<Option<u32>>) -> Result
 
     // ---- Assemble the report.
     let mut node_rows = Vec::new();
+    let (mut messages_out, mut bytes_out) = (0.0, 0.0);
     for i in 0..n {
+        let delta = |name: &str| {
+            let a = metrics_before[i].get(name).copied().unwrap_or(0.0);
+            metrics_after[i].get(name).map(|b| b - a)
+        };
+        let fsyncs = delta(FSYNCS);
+        let fsync_ms = match (delta(FSYNC_SECONDS), fsyncs) {
+            (Some(total), Some(count)) if count > 0.0 => Some(1000.0 * total / count),
+            _ => None,
+        };
+        messages_out += delta(MESSAGES_OUT).unwrap_or(0.0);
+        bytes_out += delta(BYTES_OUT).unwrap_or(0.0);
         let settled_load = at_end[i]
             .settled_events
             .saturating_sub(before[i].settled_events);
@@ -630,6 +652,11 @@ async fn drive(args: &Args, apis: Vec<String>, pids: Vec<Option<u32>>) -> Result
             "cpu_percent": cpu.map(|c| 100.0 * c / window),
             "peak_rss_mb": pids[i].and_then(|p| peak_rss_kb(&p.to_string())).map(|kb| kb as f64 / 1024.0),
             "status_poll_errors": pollers[i].errors.load(Ordering::Relaxed),
+            "fsyncs": fsyncs,
+            "mean_fsync_ms": fsync_ms,
+            "peer_messages_out": delta(MESSAGES_OUT),
+            "peer_bytes_out": delta(BYTES_OUT),
+            "peer_send_drops": delta(DROPS),
         }));
     }
     let (agree, failure, final_nodes) = match &outcome {
@@ -653,6 +680,7 @@ async fn drive(args: &Args, apis: Vec<String>, pids: Vec<Option<u32>>) -> Result
         _ => None,
     };
     let errors_total: u64 = stats.errors.values().sum();
+    let ops = (stats.placed + stats.cancelled).max(1) as f64;
     let json = json!({
         "config": {
             "mode": mode,
@@ -691,6 +719,8 @@ async fn drive(args: &Args, apis: Vec<String>, pids: Vec<Option<u32>>) -> Result
         "errors_total": errors_total,
         "nodes": node_rows,
         "loadtest_client_cpu_seconds": self_cpu,
+        "peer_messages_per_accepted_op": messages_out / ops,
+        "peer_bytes_per_accepted_op": bytes_out / ops,
         "digests_agree": agree,
         "final": final_nodes.iter().map(|s| json!({
             "settled_events": s.settled_events,
@@ -1095,6 +1125,45 @@ async fn fetch_markets(
     Ok(markets)
 }
 
+/// The node metrics read from `/metrics` before and after the run (summed over labels).
+const FSYNCS: &str = "p2p_exchange_fsyncs_total";
+const FSYNC_SECONDS: &str = "p2p_exchange_fsync_seconds_sum";
+const MESSAGES_OUT: &str = "transport_messages_out_total";
+const BYTES_OUT: &str = "transport_bytes_out_total";
+const DROPS: &str = "transport_drops_total";
+
+async fn scrape_all(client: &reqwest::Client, apis: &[String]) -> Vec<BTreeMap<String, f64>> {
+    let mut out = Vec::with_capacity(apis.len());
+    for api in apis {
+        let text = async {
+            let response = client.get(format!("{api}/metrics")).send().await.ok()?;
+            response.text().await.ok()
+        }
+        .await;
+        out.push(text.map(|t| parse_metrics(&t)).unwrap_or_default());
+    }
+    out
+}
+
+/// Sums the samples of the metrics above in Prometheus text, over their label sets.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut sums = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        if ![FSYNCS, FSYNC_SECONDS, MESSAGES_OUT, BYTES_OUT, DROPS].contains(&name) {
+            continue;
+        }
+        if let Some(value) = line
+            .split_whitespace()
+            .last()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            *sums.entry(name.to_owned()).or_insert(0.0) += value;
+        }
+    }
+    sums
+}
+
 // ---- Process accounting (Linux /proc) -------------------------------------------------------
 
 /// User + system CPU seconds of a process (`pid` or "self").
@@ -1229,6 +1298,12 @@ fn render_table(r: &Value) -> String {
     );
     let _ = writeln!(
         out,
+        "| peer messages (bytes) sent per accepted op, all nodes | {:.2} ({}) |",
+        r["peer_messages_per_accepted_op"].as_f64().unwrap_or(0.0),
+        f(&r["peer_bytes_per_accepted_op"])
+    );
+    let _ = writeln!(
+        out,
         "| digests agree | {} |",
         if r["digests_agree"].as_bool() == Some(true) {
             "yes"
@@ -1277,7 +1352,7 @@ fn render_table(r: &Value) -> String {
 
     let _ = writeln!(
         out,
-        "\n| node | settled/s during load | settled/s until converged | CPU s | CPU % | peak RSS MB | digest |\n|---|---|---|---|---|---|---|"
+        "\n| node | settled/s during load | settled/s until converged | CPU s | CPU % | peak RSS MB | fsyncs | mean fsync ms | digest |\n|---|---|---|---|---|---|---|---|---|"
     );
     let empty = Vec::new();
     let finals = r["final"].as_array().unwrap_or(&empty);
@@ -1291,13 +1366,17 @@ fn render_table(r: &Value) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             node["api"].as_str().unwrap_or_default(),
             f(&node["settled_per_s_during_load"]),
             f(&node["settled_per_s_until_converged"]),
             f1(&node["cpu_seconds"]),
             f(&node["cpu_percent"]),
             f1(&node["peak_rss_mb"]),
+            f(&node["fsyncs"]),
+            node["mean_fsync_ms"]
+                .as_f64()
+                .map_or("n/a".to_owned(), |x| format!("{x:.2}")),
             digest
         );
     }
@@ -1305,6 +1384,15 @@ fn render_table(r: &Value) -> String {
         out,
         "\nsettled counts events (placements and cancels); CPU over load + convergence."
     );
+    if r["errors"]
+        .as_object()
+        .is_some_and(|e| e.keys().any(|k| k.contains("order_finished")))
+    {
+        let _ = writeln!(
+            out,
+            "(cancel 409 order_finished: the order filled before its cancel arrived, an expected outcome of the mix)"
+        );
+    }
     if let Some(errors) = r["errors"].as_object().filter(|e| !e.is_empty()) {
         let _ = writeln!(out, "\n| error | count |\n|---|---|");
         for (kind, count) in errors {
@@ -1371,6 +1459,23 @@ mod tests {
         assert_eq!(hist.len(), 2);
         assert_eq!(hist.value_at_quantile(0.0) / 1000, 7);
         assert_eq!(hist.max() / 1000, 30);
+    }
+
+    #[test]
+    fn metrics_are_summed_over_labels() {
+        let text = "# TYPE transport_messages_out_total counter\n\
+            transport_messages_out_total 5\n\
+            p2p_exchange_fsyncs_total{node=\"ab\"} 3\n\
+            p2p_exchange_fsync_seconds{node=\"ab\",quantile=\"0.5\"} 0.001\n\
+            p2p_exchange_fsync_seconds_sum{node=\"ab\"} 0.25\n\
+            transport_drops_total{reason=\"idle\"} 1\n\
+            transport_drops_total{reason=\"queue_full\"} 2\n";
+        let sums = parse_metrics(text);
+        assert_eq!(sums.get(MESSAGES_OUT), Some(&5.0));
+        assert_eq!(sums.get(FSYNCS), Some(&3.0));
+        assert_eq!(sums.get(FSYNC_SECONDS), Some(&0.25));
+        assert_eq!(sums.get(DROPS), Some(&3.0));
+        assert_eq!(sums.len(), 4);
     }
 
     #[test]

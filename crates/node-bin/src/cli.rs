@@ -229,6 +229,9 @@ pub struct NodeArgs {
     /// Grape HTTP API URL [env: GRAPE_URL] [default: http://127.0.0.1:30001]
     #[arg(long, value_name = "URL")]
     pub grape_url: Option<String>,
+    /// Grenache RPC port of the hybrid mode [env: RPC_PORT] [default: P2P_PORT + 6000]
+    #[arg(long, value_name = "PORT")]
+    pub rpc_port: Option<u16>,
     /// Markets as NAME:TICK:LOT, comma-separated [env: MARKETS] [default: BTC-USD:0.01:0.0001,ETH-USD:0.01:0.001]
     #[arg(long, value_name = "LIST")]
     pub markets: Option<String>,
@@ -277,6 +280,7 @@ impl NodeArgs {
             ("mdns_interfaces", text(&self.mdns_interfaces)),
             ("discovery_grenache", text(&self.discovery_grenache)),
             ("grape_url", text(&self.grape_url)),
+            ("rpc_port", text(&self.rpc_port)),
             ("markets", text(&self.markets)),
             ("found", text(&self.found)),
             ("join_window_ms", text(&self.join_window_ms)),

@@ -35,6 +35,9 @@ pub async fn node(args: &NodeArgs) -> anyhow::Result<()> {
     println!("node id:  {}", node.node_id());
     println!("p2p:      {}", node.p2p_addr());
     println!("api:      http://{}", reachable(node.api_addr()));
+    if let Some(rpc) = node.rpc_addr() {
+        println!("rpc:      {}", reachable(rpc));
+    }
     println!("network:  {network_id}");
     println!("data dir: {}", node.data_dir().display());
 

@@ -36,6 +36,7 @@ pub const ENV_VARS: &[&str] = &[
     "MDNS_INTERFACES",
     "DISCOVERY_GRENACHE",
     "GRAPE_URL",
+    "RPC_PORT",
     "MARKETS",
     "FOUND",
     "JOIN_WINDOW_MS",
@@ -82,6 +83,8 @@ pub struct Settings {
     pub discovery_grenache: bool,
     /// The Grape HTTP API.
     pub grape_url: String,
+    /// Grenache RPC port (hybrid mode); `None` derives `p2p_port + 6000`.
+    pub rpc_port: Option<u16>,
     /// Markets this node trades.
     #[serde(deserialize_with = "market_list")]
     pub markets: Vec<Market>,
@@ -116,6 +119,7 @@ impl Default for Settings {
             mdns_interfaces: node.mdns_interfaces,
             discovery_grenache: node.discovery_grenache,
             grape_url: node.grape_url,
+            rpc_port: node.rpc_port,
             markets: node
                 .markets
                 .into_iter()
@@ -210,6 +214,7 @@ impl Settings {
         config.mdns_interfaces = self.mdns_interfaces.clone();
         config.discovery_grenache = self.discovery_grenache;
         config.grape_url = self.grape_url.clone();
+        config.rpc_port = self.rpc_port;
         config.markets = self
             .markets
             .iter()

@@ -28,6 +28,7 @@ const VARS: &[&str] = &[
     "MDNS_INTERFACES",
     "DISCOVERY_GRENACHE",
     "GRAPE_URL",
+    "RPC_PORT",
     "MARKETS",
     "FOUND",
     "JOIN_WINDOW_MS",

@@ -113,7 +113,7 @@ fn router(node: NodeHandle, metrics: Metrics) -> Router {
 }
 
 /// An API error: status + `{"error":{"code","message"}}`.
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -128,11 +128,17 @@ impl ApiError {
         }
     }
 
-    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    fn stopped() -> Self {
+    /// The error as the Grenache RPC endpoint puts it in the error slot: `"<code>: <message>"`.
+    #[cfg_attr(not(feature = "grenache"), allow(dead_code))]
+    pub(crate) fn rpc_message(&self) -> String {
+        format!("{}: {}", self.code, self.message)
+    }
+
+    pub(crate) fn stopped() -> Self {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "stopped",
@@ -277,12 +283,24 @@ async fn place(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
     let order = parse_order(json_body::<OrderBody>(&body)?)?;
-    let view = state
-        .node
-        .place(order)
-        .await
-        .map_err(|_| ApiError::stopped())??;
+    let view = place_order(&state.node, order).await?;
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
+}
+
+/// Parses an order given as a JSON value with exactly the fields of the `POST /v1/orders` body.
+#[cfg_attr(not(feature = "grenache"), allow(dead_code))]
+pub(crate) fn order_from_value(value: serde_json::Value) -> Result<PlaceOrder, ApiError> {
+    let body = serde_json::from_value::<OrderBody>(value)
+        .map_err(|e| ApiError::bad("invalid_json", format!("malformed request: {e}")))?;
+    parse_order(body)
+}
+
+/// Places a parsed order: what `POST /v1/orders` answers (with 201).
+pub(crate) async fn place_order(
+    node: &NodeHandle,
+    order: PlaceOrder,
+) -> Result<OrderView, ApiError> {
+    Ok(node.place(order).await.map_err(|_| ApiError::stopped())??)
 }
 
 async fn place_batch(
@@ -406,14 +424,23 @@ async fn book(
 ) -> Result<Response, ApiError> {
     let Query(query) =
         query.map_err(|e| ApiError::bad("invalid_query", e.body_text().to_lowercase()))?;
-    let depth = query.depth.unwrap_or(20).clamp(1, MAX_DEPTH);
-    let book = state
-        .node
-        .book(&market, depth)
+    Ok(axum::Json(book_value(&state.node, &market, query.depth).await?).into_response())
+}
+
+/// The settled book of `market` as `GET /v1/markets/{market}/book?depth=N` answers it
+/// (`depth` default 20, clamped to 1..=[`MAX_DEPTH`]).
+pub(crate) async fn book_value(
+    node: &NodeHandle,
+    market: &str,
+    depth: Option<usize>,
+) -> Result<serde_json::Value, ApiError> {
+    let depth = depth.unwrap_or(20).clamp(1, MAX_DEPTH);
+    let book = node
+        .book(market, depth)
         .await
         .map_err(|_| ApiError::stopped())?
-        .ok_or_else(|| unknown_market(&market))?;
-    Ok(axum::Json(json!({"market": market, "bids": book.bids, "asks": book.asks})).into_response())
+        .ok_or_else(|| unknown_market(market))?;
+    Ok(json!({"market": market, "bids": book.bids, "asks": book.asks}))
 }
 
 async fn trades(
@@ -423,17 +450,21 @@ async fn trades(
 ) -> Result<Response, ApiError> {
     let Query(query) =
         query.map_err(|e| ApiError::bad("invalid_query", e.body_text().to_lowercase()))?;
-    let limit = query
-        .limit
-        .unwrap_or(50)
-        .clamp(1, crate::engine::MAX_TRADES_KEPT);
-    let trades = state
-        .node
-        .trades(&market, limit)
+    Ok(axum::Json(trades_list(&state.node, &market, query.limit).await?).into_response())
+}
+
+/// The newest settled trades of `market` as `GET /v1/markets/{market}/trades?limit=N` answers
+/// them (`limit` default 50, clamped to the number kept).
+pub(crate) async fn trades_list(
+    node: &NodeHandle,
+    market: &str,
+    limit: Option<usize>,
+) -> Result<Vec<crate::engine::TradeView>, ApiError> {
+    let limit = limit.unwrap_or(50).clamp(1, crate::engine::MAX_TRADES_KEPT);
+    node.trades(market, limit)
         .await
         .map_err(|_| ApiError::stopped())?
-        .ok_or_else(|| unknown_market(&market))?;
-    Ok(axum::Json(trades).into_response())
+        .ok_or_else(|| unknown_market(market))
 }
 
 async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -41,6 +41,10 @@ pub struct Config {
     pub discovery_grenache: bool,
     /// The Grape HTTP API.
     pub grape_url: String,
+    /// The port of the Grenache RPC endpoint (hybrid mode, with `discovery_grenache` and the
+    /// `grenache` feature); default `p2p_port + 6000` (0 stays 0: a free port). It listens on
+    /// `p2p_host`.
+    pub rpc_port: Option<u16>,
     /// The markets this network trades (every member must agree).
     pub markets: Vec<MarketConfig>,
     /// Found a new network immediately instead of waiting for discovery.
@@ -79,6 +83,7 @@ impl Default for Config {
             mdns_interfaces: Vec::new(),
             discovery_grenache: true,
             grape_url: "http://127.0.0.1:30001".to_owned(),
+            rpc_port: None,
             markets: default_markets(),
             found: false,
             join_window_ms: 3000,
@@ -123,6 +128,16 @@ impl Config {
         }
     }
 
+    /// The Grenache RPC port: `rpc_port`, or `p2p_port + 6000` (saturating), or 0 when the
+    /// P2P port is 0 (tests).
+    pub fn resolved_rpc_port(&self) -> u16 {
+        match self.rpc_port {
+            Some(port) => port,
+            None if self.p2p_port == 0 => 0,
+            None => self.p2p_port.saturating_add(6000),
+        }
+    }
+
     /// The peer table path: `peer_storage_path`, or `<data_dir>/.peers.json`.
     pub fn resolved_peer_storage_path(&self) -> PathBuf {
         match &self.peer_storage_path {
@@ -140,6 +155,7 @@ mod tests {
     fn defaults_derive_ports_and_dirs() {
         let config = Config::default();
         assert_eq!(config.resolved_api_port(), 8000);
+        assert_eq!(config.resolved_rpc_port(), 9000);
         assert_eq!(config.resolved_data_dir(), PathBuf::from("data/node-3000"));
         assert_eq!(
             config.resolved_peer_storage_path(),
@@ -150,6 +166,12 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(other.resolved_api_port(), 8001);
+        assert_eq!(other.resolved_rpc_port(), 9001);
+        let tests = Config {
+            p2p_port: 0,
+            ..Config::default()
+        };
+        assert_eq!(tests.resolved_rpc_port(), 0);
         assert_ne!(other.resolved_data_dir(), config.resolved_data_dir());
     }
 

@@ -1231,6 +1231,12 @@ impl Engine {
 
     // ---- Peer messages -----------------------------------------------------------------
 
+    /// The `NetworkInfo` message this node sends on connect (the runtime repeats it on links
+    /// that may lose messages, such as the Grenache RPC fallback).
+    pub fn network_info_message(&self) -> Message {
+        self.network_info()
+    }
+
     fn network_info(&self) -> Message {
         Message::NetworkInfo {
             genesis: self.genesis(),

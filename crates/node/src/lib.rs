@@ -122,6 +122,8 @@ mod config;
 pub mod engine;
 mod error;
 pub mod ids;
+#[cfg(feature = "grenache")]
+mod rpc;
 mod runtime;
 pub mod storage;
 mod wire;

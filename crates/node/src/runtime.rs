@@ -43,6 +43,9 @@ pub struct Status {
     pub p2p_addr: SocketAddr,
     /// The bound API address.
     pub api_addr: SocketAddr,
+    /// The bound Grenache RPC address (hybrid mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc_addr: Option<SocketAddr>,
     /// The number of connected peers.
     pub peers: usize,
     /// Median time from acknowledging one of this node's orders to settling it, over the
@@ -85,6 +88,38 @@ pub(crate) enum Request {
     Book(String, usize, oneshot::Sender<Option<Depth>>),
     Trades(String, usize, oneshot::Sender<Option<Vec<TradeView>>>),
     Status(oneshot::Sender<Status>),
+    /// Messages a member sent through the Grenache RPC fallback; answered with the encoded
+    /// messages queued for it.
+    #[cfg_attr(not(feature = "grenache"), allow(dead_code))]
+    RpcDeliver {
+        from: NodeId,
+        messages: Vec<Message>,
+        /// Whether the reply carries what is queued for `from` (an RPC request being
+        /// answered) or nothing (the pump handing over the messages of a reply it got).
+        drain: bool,
+        reply: oneshot::Sender<Result<Vec<Vec<u8>>, String>>,
+    },
+    /// The pump asks for the members to reach through RPC (answered with every linked member,
+    /// and what is queued for each of them in `ready`: those whose endpoint it knows).
+    #[cfg_attr(not(feature = "grenache"), allow(dead_code))]
+    RpcPoll {
+        ready: Vec<NodeId>,
+        reply: oneshot::Sender<RpcOutboxes>,
+    },
+    /// An envelope to this member was lost: start its link over (a fresh `Connected`, so the
+    /// handshake messages are sent again and anti-entropy fetches the rest).
+    #[cfg_attr(not(feature = "grenache"), allow(dead_code))]
+    RpcReset(NodeId),
+}
+
+/// What the RPC pump gets from one poll.
+#[derive(Debug, Default)]
+#[cfg_attr(not(feature = "grenache"), allow(dead_code))]
+pub(crate) struct RpcOutboxes {
+    /// Every member currently linked through RPC.
+    pub(crate) links: Vec<NodeId>,
+    /// The encoded messages queued for each ready link.
+    pub(crate) outboxes: Vec<(NodeId, Vec<Vec<u8>>)>,
 }
 
 /// A cheap, cloneable handle to query and drive a running node in-process
@@ -104,6 +139,15 @@ impl std::fmt::Debug for NodeHandle {
 }
 
 impl NodeHandle {
+    /// Sends a request to the engine task.
+    #[cfg_attr(not(feature = "grenache"), allow(dead_code))]
+    pub(crate) async fn send_request(&self, request: Request) -> Result<(), Error> {
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
         self.requests
@@ -205,6 +249,9 @@ pub struct Node {
     engine_task: Option<JoinHandle<()>>,
     api_task: Option<JoinHandle<()>>,
     discovery_tasks: Vec<JoinHandle<discovery::Result<()>>>,
+    #[cfg(feature = "grenache")]
+    rpc: Option<crate::rpc::Rpc>,
+    rpc_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Node {
@@ -358,8 +405,41 @@ impl Node {
             &shutdown,
         );
 
+        #[cfg(feature = "grenache")]
+        let rpc = if config.discovery_grenache {
+            let rpc_listen = resolve(&config.p2p_host, config.resolved_rpc_port(), "rpc")?;
+            match crate::rpc::Rpc::start(
+                rpc_listen,
+                &config.grape_url,
+                config.network_id.clone(),
+                identity.clone(),
+                handle.clone(),
+                shutdown.clone(),
+            )
+            .await
+            {
+                Ok(rpc) => Some(rpc),
+                Err(error) => {
+                    shutdown.cancel();
+                    transport.shutdown().await;
+                    return Err(Error::Config(error));
+                }
+            }
+        } else {
+            None
+        };
+        #[cfg(feature = "grenache")]
+        let rpc_addr = rpc.as_ref().map(|r| r.local_addr);
+        #[cfg(not(feature = "grenache"))]
+        let rpc_addr = None;
+
         let (stopped_tx, stopped) = watch::channel(false);
         let shell = Shell {
+            rpc_links: BTreeSet::new(),
+            outbox: HashMap::new(),
+            rpc_waiting: Vec::new(),
+            overflowed: BTreeSet::new(),
+            last_rpc_info: Instant::now(),
             engine,
             store,
             transport: transport.clone(),
@@ -374,6 +454,7 @@ impl Node {
                 network_id: config.network_id.clone(),
                 p2p_addr,
                 api_addr,
+                rpc_addr,
             },
         };
         let engine_task = tokio::spawn(shell.run(
@@ -408,6 +489,9 @@ impl Node {
             engine_task: Some(engine_task),
             api_task: Some(api_task),
             discovery_tasks,
+            #[cfg(feature = "grenache")]
+            rpc,
+            rpc_addr,
         })
     }
 
@@ -424,6 +508,11 @@ impl Node {
     /// The bound HTTP API address.
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The bound Grenache RPC address, when the hybrid mode runs.
+    pub fn rpc_addr(&self) -> Option<SocketAddr> {
+        self.rpc_addr
     }
 
     /// The data directory in use.
@@ -454,6 +543,10 @@ impl Node {
         }
         for task in self.discovery_tasks.drain(..) {
             let _ = task.await;
+        }
+        #[cfg(feature = "grenache")]
+        if let Some(rpc) = self.rpc.take() {
+            rpc.join().await;
         }
         Ok(())
     }
@@ -564,9 +657,22 @@ struct StatusBase {
     network_id: String,
     p2p_addr: SocketAddr,
     api_addr: SocketAddr,
+    rpc_addr: Option<SocketAddr>,
 }
 
 struct Shell {
+    /// Members reached through the Grenache RPC fallback (not connected over TCP); the engine
+    /// sees each as a connected peer.
+    rpc_links: BTreeSet<NodeId>,
+    /// Messages for RPC-linked members, bounded per member (oldest dropped; anti-entropy
+    /// fetches what was lost).
+    outbox: HashMap<NodeId, VecDeque<Message>>,
+    /// RPC requests answered once this iteration's effects are executed.
+    rpc_waiting: Vec<RpcWaiting>,
+    /// Links whose outbox overflowed, restarted at the next poll.
+    overflowed: BTreeSet<NodeId>,
+    /// When `NetworkInfo` was last repeated on the RPC links.
+    last_rpc_info: Instant,
     engine: Engine,
     store: Store,
     transport: transport::Handle,
@@ -578,6 +684,45 @@ struct Shell {
     placed_at: HashMap<u128, Instant>,
     /// The most recent settlement latencies, in microseconds (a ring).
     latencies: VecDeque<u64>,
+}
+
+/// How often `NetworkInfo` is repeated on RPC links.
+const RPC_INFO_INTERVAL: Duration = Duration::from_secs(2);
+/// Messages queued at most for one RPC-linked member.
+const MAX_OUTBOX: usize = 1024;
+/// The most messages handed out for one RPC envelope.
+const MAX_RPC_MESSAGES: usize = 256;
+/// The most encoded bytes handed out for one RPC envelope.
+const MAX_RPC_BYTES: usize = 1 << 20;
+
+enum RpcWaiting {
+    Deliver(NodeId, oneshot::Sender<Result<Vec<Vec<u8>>, String>>),
+    Poll(Vec<NodeId>, oneshot::Sender<RpcOutboxes>),
+}
+
+fn message_kind(message: &Message) -> &'static str {
+    match message {
+        Message::Batch(_) => "batch",
+        Message::Frontier(_) => "frontier",
+        Message::SyncRequest { .. } => "sync_request",
+        Message::SyncResponse { .. } => "sync_response",
+        Message::Digest { .. } => "digest",
+        Message::NetworkInfo { .. } => "network_info",
+        _ => "other",
+    }
+}
+
+/// Whether a message kind may arrive through the RPC fallback (log replication only).
+fn rpc_allowed(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::Batch(_)
+            | Message::Frontier(_)
+            | Message::SyncRequest { .. }
+            | Message::SyncResponse { .. }
+            | Message::Digest { .. }
+            | Message::NetworkInfo { .. }
+    )
 }
 
 /// Own orders whose acknowledgement time is remembered at most.
@@ -684,6 +829,9 @@ impl Shell {
             }
             TransportEvent::Disconnected { peer, .. } => {
                 self.engine.handle(Input::Disconnected { peer }, effects);
+                // The next RPC poll links it again (with a fresh `Connected`) if still a member.
+                self.rpc_links.remove(&peer);
+                self.outbox.remove(&peer);
             }
             TransportEvent::Message {
                 peer,
@@ -776,7 +924,184 @@ impl Shell {
                     self.client_input(|request| Input::Cancel { request, order_id }, effects);
                 deferred.push(Deferred::One(tx, reply));
             }
+            Request::RpcDeliver {
+                from,
+                messages,
+                drain,
+                reply,
+            } => self.on_rpc_deliver(from, messages, drain, reply, effects),
+            Request::RpcPoll { ready, reply } => {
+                self.update_rpc_links(effects);
+                self.rpc_waiting.push(RpcWaiting::Poll(ready, reply));
+            }
+            Request::RpcReset(peer) => self.reset_link(peer, effects),
             read => deferred.push(Deferred::Read(read)),
+        }
+    }
+
+    /// Links (or unlinks) members by whether they are connected over TCP.
+    fn update_rpc_links(&mut self, effects: &mut Vec<Effect>) {
+        for peer in std::mem::take(&mut self.overflowed) {
+            self.reset_link(peer, effects);
+        }
+        let me = self.engine.node_id();
+        let members: Vec<NodeId> = self
+            .engine
+            .members()
+            .iter()
+            .copied()
+            .filter(|m| *m != me)
+            .collect();
+        let stale: Vec<NodeId> = self
+            .rpc_links
+            .iter()
+            .copied()
+            .filter(|l| !members.contains(l) || self.transport.is_connected(l))
+            .collect();
+        for peer in stale {
+            self.rpc_links.remove(&peer);
+            self.outbox.remove(&peer);
+            if !self.transport.is_connected(&peer) {
+                self.engine.handle(Input::Disconnected { peer }, effects);
+            }
+        }
+        for member in members {
+            if !self.transport.is_connected(&member) {
+                self.link(member, effects);
+            }
+        }
+        // A lost envelope may have carried the handshake; repeating `NetworkInfo` (idempotent)
+        // keeps the link usable without a restart.
+        if !self.rpc_links.is_empty() && self.last_rpc_info.elapsed() >= RPC_INFO_INTERVAL {
+            self.last_rpc_info = Instant::now();
+            let info = self.engine.network_info_message();
+            let links: Vec<NodeId> = self.rpc_links.iter().copied().collect();
+            for link in links {
+                self.queue_rpc(link, info.clone());
+            }
+        }
+    }
+
+    fn reset_link(&mut self, peer: NodeId, effects: &mut Vec<Effect>) {
+        if self.rpc_links.contains(&peer) && !self.transport.is_connected(&peer) {
+            tracing::debug!(peer = %peer.short(), "restarting the rpc link");
+            self.outbox.remove(&peer);
+            self.engine.handle(Input::Disconnected { peer }, effects);
+            self.engine.handle(Input::Connected { peer }, effects);
+        }
+    }
+
+    fn link(&mut self, peer: NodeId, effects: &mut Vec<Effect>) {
+        if self.rpc_links.insert(peer) {
+            tracing::info!(peer = %peer.short(), "member not connected over tcp; using the grenache rpc fallback");
+            self.engine.handle(Input::Connected { peer }, effects);
+        }
+    }
+
+    fn on_rpc_deliver(
+        &mut self,
+        from: NodeId,
+        messages: Vec<Message>,
+        drain: bool,
+        reply: oneshot::Sender<Result<Vec<Vec<u8>>, String>>,
+        effects: &mut Vec<Effect>,
+    ) {
+        if !self.engine.members().contains(&from) || from == self.engine.node_id() {
+            let _ = reply.send(Err(format!(
+                "not_member: {} is not a member of this network",
+                from.short()
+            )));
+            return;
+        }
+        if !self.transport.is_connected(&from) {
+            self.link(from, effects);
+        }
+        tracing::trace!(peer = %from.short(), messages = messages.len(), "rpc messages received");
+        for message in messages.into_iter().filter(rpc_allowed) {
+            tracing::trace!(peer = %from.short(), ?message, "rpc message");
+            // Exactly the verification of TCP input.
+            match self.engine.check_message(&from, message) {
+                Ok(Some(message)) => self.engine.handle(Input::Peer { from, message }, effects),
+                Ok(None) => {}
+                Err(what) => {
+                    metrics::counter!("p2p_exchange_misbehaviour_total", "node" => self.status_base.node_label.clone())
+                        .increment(1);
+                    tracing::warn!(peer = %from.short(), %what, "misbehaving member (rpc)");
+                    let _ = reply.send(Err(format!("rejected: {what}")));
+                    return;
+                }
+            }
+        }
+        if drain {
+            self.rpc_waiting.push(RpcWaiting::Deliver(from, reply));
+        } else {
+            let _ = reply.send(Ok(Vec::new()));
+        }
+    }
+
+    /// Queues a message for an RPC-linked member. Bounded: on overflow the queue is dropped
+    /// and the link restarted at the next poll (handshake again, then anti-entropy).
+    fn queue_rpc(&mut self, to: NodeId, message: Message) {
+        tracing::trace!(peer = %to.short(), kind = message_kind(&message), "queued for rpc");
+        let queue = self.outbox.entry(to).or_default();
+        if queue.len() >= MAX_OUTBOX {
+            tracing::debug!(peer = %to.short(), "rpc outbox full; the link restarts");
+            queue.clear();
+            self.overflowed.insert(to);
+            return;
+        }
+        queue.push_back(message);
+    }
+
+    /// Takes and encodes what is queued for `peer`, bounded per envelope.
+    fn drain_outbox(&mut self, peer: &NodeId) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let Some(queue) = self.outbox.get_mut(peer) else {
+            return out;
+        };
+        let mut bytes = 0;
+        while out.len() < MAX_RPC_MESSAGES {
+            let Some(message) = queue.pop_front() else {
+                break;
+            };
+            let Ok(encoded) = postcard::to_allocvec(&message) else {
+                continue;
+            };
+            if encoded.len() > MAX_RPC_BYTES {
+                tracing::warn!(
+                    bytes = encoded.len(),
+                    "message too large for the rpc fallback; dropped"
+                );
+                continue;
+            }
+            if bytes + encoded.len() > MAX_RPC_BYTES {
+                queue.push_front(message);
+                break;
+            }
+            bytes += encoded.len();
+            out.push(encoded);
+        }
+        out
+    }
+
+    fn answer_rpc(&mut self) {
+        for waiting in std::mem::take(&mut self.rpc_waiting) {
+            match waiting {
+                RpcWaiting::Deliver(from, reply) => {
+                    let messages = self.drain_outbox(&from);
+                    let _ = reply.send(Ok(messages));
+                }
+                RpcWaiting::Poll(ready, reply) => {
+                    let links: Vec<NodeId> = self.rpc_links.iter().copied().collect();
+                    let mut outboxes = Vec::new();
+                    for peer in &links {
+                        if ready.contains(peer) && !self.overflowed.contains(peer) {
+                            outboxes.push((*peer, self.drain_outbox(peer)));
+                        }
+                    }
+                    let _ = reply.send(RpcOutboxes { links, outboxes });
+                }
+            }
         }
     }
 
@@ -846,12 +1171,25 @@ impl Shell {
             match effect {
                 Effect::Persist(_) | Effect::WipeLog | Effect::Reply { .. } => {}
                 Effect::Send { to, message } => {
-                    if let Err(error) = self.transport.send(&to, &message) {
+                    if self.rpc_links.contains(&to) && !self.transport.is_connected(&to) {
+                        self.queue_rpc(to, message);
+                    } else if let Err(error) = self.transport.send(&to, &message) {
                         tracing::debug!(peer = %to.short(), %error, "send failed");
                     }
                 }
                 Effect::Broadcast { message, except } => {
                     self.transport.broadcast(&message, except.as_ref());
+                    if !self.rpc_links.is_empty() {
+                        let links: Vec<NodeId> = self
+                            .rpc_links
+                            .iter()
+                            .copied()
+                            .filter(|l| Some(*l) != except && !self.transport.is_connected(l))
+                            .collect();
+                        for link in links {
+                            self.queue_rpc(link, message.clone());
+                        }
+                    }
                 }
                 Effect::Disconnect { peer, reason } => self.transport.disconnect(&peer, reason),
                 Effect::Misbehaviour { peer, what } => {
@@ -908,6 +1246,7 @@ impl Shell {
                 Deferred::Read(request) => self.answer(request),
             }
         }
+        self.answer_rpc();
         Ok(())
     }
 
@@ -939,6 +1278,7 @@ impl Shell {
                     network_id: self.status_base.network_id.clone(),
                     p2p_addr: self.status_base.p2p_addr,
                     api_addr: self.status_base.api_addr,
+                    rpc_addr: self.status_base.rpc_addr,
                     peers: self.transport.peers().len(),
                     settlement_ms_p50: self.latency_percentile(50),
                     settlement_ms_p99: self.latency_percentile(99),
@@ -956,6 +1296,13 @@ impl Shell {
             Request::PlaceMany(_, tx) => {
                 let _ = tx.send(Vec::new());
             }
+            Request::RpcDeliver { reply, .. } => {
+                let _ = reply.send(Err("internal: misrouted request".to_owned()));
+            }
+            Request::RpcPoll { reply, .. } => {
+                let _ = reply.send(RpcOutboxes::default());
+            }
+            Request::RpcReset(_) => {}
         }
     }
 }

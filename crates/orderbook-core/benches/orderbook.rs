@@ -12,7 +12,7 @@
 //! chunks outside the timed section; the timed section is `execute_into` on
 //! each command (including dropping the command and its events).
 //!
-//! Run: `cargo bench -p orderbook-core` (about three minutes).
+//! Run: `cargo bench -p orderbook-core` (about two minutes).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -56,8 +56,34 @@ impl Unit {
     }
 
     /// `value / unit` if it is a positive whole number no larger than [`MAX_UNITS`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn to_units(self, value: Decimal) -> Result<u64, UnitError> {
+        // Fastest path: a positive value of the unit's scale with a 64-bit
+        // mantissa (read straight from the decimal's 16 bytes).
+        let raw = value.serialize();
+        let flags = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        let lo = u64::from_le_bytes([
+            raw[4], raw[5], raw[6], raw[7], raw[8], raw[9], raw[10], raw[11],
+        ]);
+        let hi = u32::from_le_bytes([raw[12], raw[13], raw[14], raw[15]]);
+        if flags >> 31 == 0
+            && hi == 0
+            && lo != 0
+            && (flags >> 16) & 0xff == self.scale
+            && self.mantissa == 1
+        {
+            return if lo <= MAX_UNITS {
+                Ok(lo)
+            } else {
+                Err(UnitError::TooLarge)
+            };
+        }
+        self.to_units_general(value)
+    }
+
+    /// [`Unit::to_units`] for every other case.
+    #[inline(never)]
+    fn to_units_general(self, value: Decimal) -> Result<u64, UnitError> {
         if value.is_sign_negative() || value.is_zero() {
             return Err(UnitError::NotPositive);
         }

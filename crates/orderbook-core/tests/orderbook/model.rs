@@ -339,6 +339,9 @@ fn op() -> impl Strategy<Value = Op> {
 struct Resolver {
     next_id: u128,
     owners: HashMap<u128, u64>,
+    /// Spread prices over millions of ticks (exercises the engine's ladder
+    /// window, its growth and the far-price map) instead of a narrow band.
+    wide: bool,
 }
 
 impl Resolver {
@@ -367,7 +370,11 @@ impl Resolver {
                 self.owners.entry(id).or_insert(owner);
                 let (_, tick, lot) = MARKETS[market];
                 // Prices in a narrow band so that orders cross often.
-                let mut price = d(tick) * Decimal::from(ticks + 20);
+                let mut n = ticks + 20;
+                if self.wide {
+                    n *= [1, 37, 5_000, 70_001][ticks.rem_euclid(4) as usize];
+                }
+                let mut price = d(tick) * Decimal::from(n);
                 if off_tick {
                     price += d(tick) / Decimal::from(4);
                 }
@@ -456,26 +463,52 @@ proptest! {
 
     #[test]
     fn engine_matches_reference_model(ops in prop::collection::vec(op(), 1000..3000)) {
-        let specs: Vec<MarketSpec> = MARKETS.iter().map(|&(n, t, l)| MarketSpec::new(n, d(t), d(l))).collect();
-        let mut ex = Exchange::new(specs.clone()).expect("markets");
-        // Another hash seed lays the maps out differently and must change nothing.
-        let mut seeded = Exchange::with_hash_seed(specs, 0x5eed_1234_abcd_0042).expect("markets");
-        let mut model = Model::new();
-        let mut ids = Resolver { next_id: 1, owners: HashMap::new() };
-        for (step, op) in ops.iter().enumerate() {
-            let cmd = ids.command(op);
-            let events = ex.execute(cmd.clone());
-            prop_assert_eq!(&seeded.execute(cmd.clone()), &events, "hash seed changed a result");
-            let expected = model.execute(&cmd);
-            prop_assert_eq!(&events, &expected, "step {}: {:?}", step, cmd);
-            check_step(&ex, &model, &cmd, &events)?;
-            if step % 100 == 0 {
-                let json = serde_json::to_string(&ex.snapshot()).expect("json");
-                let restored = Exchange::restore(serde_json::from_str(&json).expect("json")).expect("restore");
-                prop_assert_eq!(restored.digest(), ex.digest());
-                prop_assert_eq!(seeded.digest(), ex.digest());
-                restored.check_invariants().map_err(|e| TestCaseError::fail(e.to_string()))?;
-            }
+        run_against_model(&ops, false)?;
+    }
+
+    #[test]
+    fn engine_matches_reference_model_on_wide_prices(ops in prop::collection::vec(op(), 1000..3000)) {
+        run_against_model(&ops, true)?;
+    }
+}
+
+/// Runs `ops` through the engine, a differently seeded engine and the model,
+/// checking every step.
+fn run_against_model(ops: &[Op], wide: bool) -> Result<(), TestCaseError> {
+    let specs: Vec<MarketSpec> = MARKETS
+        .iter()
+        .map(|&(n, t, l)| MarketSpec::new(n, d(t), d(l)))
+        .collect();
+    let mut ex = Exchange::new(specs.clone()).expect("markets");
+    // Another hash seed lays the maps out differently and must change nothing.
+    let mut seeded = Exchange::with_hash_seed(specs, 0x5eed_1234_abcd_0042).expect("markets");
+    let mut model = Model::new();
+    let mut ids = Resolver {
+        next_id: 1,
+        owners: HashMap::new(),
+        wide,
+    };
+    for (step, op) in ops.iter().enumerate() {
+        let cmd = ids.command(op);
+        let events = ex.execute(cmd.clone());
+        prop_assert_eq!(
+            &seeded.execute(cmd.clone()),
+            &events,
+            "hash seed changed a result"
+        );
+        let expected = model.execute(&cmd);
+        prop_assert_eq!(&events, &expected, "step {}: {:?}", step, cmd);
+        check_step(&ex, &model, &cmd, &events)?;
+        if step % 100 == 0 {
+            let json = serde_json::to_string(&ex.snapshot()).expect("json");
+            let restored =
+                Exchange::restore(serde_json::from_str(&json).expect("json")).expect("restore");
+            prop_assert_eq!(restored.digest(), ex.digest());
+            prop_assert_eq!(seeded.digest(), ex.digest());
+            restored
+                .check_invariants()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
         }
     }
+    Ok(())
 }
