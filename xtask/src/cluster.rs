@@ -1,7 +1,7 @@
 //! `cargo xtask cluster N`: a local N-node exchange on 127.0.0.1 that a person can use and watch.
 //!
 //! Builds `node-bin` once, starts N nodes with consecutive P2P and API ports and their own data
-//! directories under `target/cluster/`, waits until every node sees N-1 peers and N members, prints
+//! directories under `target/cluster/<base port>/`, waits until every node sees N-1 peers and N members, prints
 //! a table and how to place an order, then follows the logs with a per-node prefix until Ctrl-C.
 //! Every child is stopped (SIGTERM, then SIGKILL after a grace period) when xtask exits, and each
 //! node is started with `EXIT_WITH_PARENT=1` so it also stops if xtask is killed with SIGKILL.
@@ -114,9 +114,12 @@ pub(crate) fn start(args: &Args) -> Result<Cluster> {
     let root = crate::project_root();
     sh.change_dir(&root);
     let binary = build_binary(&sh, !args.debug)?;
-    let data_root = root.join("target/cluster");
+    // One folder per base port, so a load test (another base port) never wipes or shares the
+    // data of a running `cargo xtask cluster`.
+    let data_root = root.join("target/cluster").join(args.base_port.to_string());
     if args.fresh && data_root.exists() {
-        std::fs::remove_dir_all(&data_root).context("wiping target/cluster")?;
+        std::fs::remove_dir_all(&data_root)
+            .with_context(|| format!("wiping {}", data_root.display()))?;
     }
     std::fs::create_dir_all(&data_root)?;
 

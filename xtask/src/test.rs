@@ -33,5 +33,19 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let _grenache = sh.push_env("GRENACHE_NODE_MODULES", grenache.join("node_modules"));
     let _binary = sh.push_env("P2P_EXCHANGE_BIN", binary);
     cmd!(sh, "cargo test --workspace --all-features").run()?;
+    drop((_require, _grenache, _binary));
+
+    // The README's other command, end to end: a 3-node cluster comes up meshed, then a short
+    // load test through the public API on another cluster; it fails if the digests disagree.
+    cmd!(
+        sh,
+        "cargo xtask cluster 3 --debug --fresh --check --base-port 5300"
+    )
+    .run()?;
+    cmd!(
+        sh,
+        "cargo xtask loadtest --debug --nodes 3 --base-port 5400 --duration 3 --rate 300 --concurrency 16"
+    )
+    .run()?;
     Ok(())
 }

@@ -640,6 +640,7 @@ mod tests {
             ("MDNS_INTERFACES", "lo,eth0"),
             ("DISCOVERY_GRENACHE", "0"),
             ("GRAPE_URL", "http://127.0.0.1:1"),
+            ("RPC_PORT", "4002"),
             ("MARKETS", "X-Y:1:1"),
             ("FOUND", "1"),
             ("JOIN_WINDOW_MS", "10"),
@@ -666,6 +667,7 @@ mod tests {
         assert_eq!(config.mdns_interfaces, ["lo", "eth0"]);
         assert!(!config.discovery_grenache);
         assert_eq!(config.grape_url, "http://127.0.0.1:1");
+        assert_eq!(config.rpc_port, Some(4002));
         assert_eq!(config.markets.len(), 1);
         assert_eq!(config.markets[0].name, "X-Y");
         assert!(config.found);
@@ -674,7 +676,7 @@ mod tests {
         assert_eq!(settings.log_format, LogFormat::Json);
         assert_eq!(settings.rust_log.as_deref(), Some("warn"));
         // Every variable was used above.
-        assert_eq!(ENV_VARS.len(), 20);
+        assert_eq!(ENV_VARS.len(), 21);
     }
 
     /// `.env.example` lists every setting once, and loading it as the

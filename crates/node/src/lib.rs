@@ -62,6 +62,16 @@
 //!   mDNS (pinned to `mdns_interfaces`), Grenache (with the `grenache` feature) and peer
 //!   exchange (`GetPeers`/`Peers` on connect) feed addresses to the transport, which keeps
 //!   them connected.
+//! - **Hybrid mode** (feature `grenache`, `discovery_grenache: true`): the node also serves
+//!   grenache-nodejs-http's RPC protocol on `rpc_port` (default `p2p_port + 6000`), announced
+//!   on the Grape under `p2p-exchange-rpc/<network_id>` and
+//!   `p2p-exchange-rpc/<network_id>/<node id>`. Clients (e.g. a Node.js `PeerRPCClient`) send
+//!   `{"action":"status"|"book"|"trades"|"place", ...}` and get what the HTTP API answers,
+//!   through the same code paths; errors come back as `"<code>: <message>"` in the error slot.
+//!   Between nodes it is the fallback channel: a member that is not connected over TCP is
+//!   linked through RPC, and what the engine sends it travels in signed `deliver` envelopes
+//!   (bounded outbox per member, a pump every 250 ms, replies carry the other direction), where
+//!   the receiver verifies every message exactly as TCP input. See `rpc.rs`.
 //! - **Metrics**: `/metrics` renders the process's Prometheus recorder (installed once per
 //!   process, shared by every node in it; fsync counts and latency, misbehaviour, plus the
 //!   transport's own metrics) followed by this node's replication gauges.

@@ -59,6 +59,8 @@ pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
 const MAX_BODY_BYTES: usize = 3 * MAX_ENVELOPE_BYTES;
 /// How long a looked-up member address is reused.
 const LOOKUP_TTL: Duration = Duration::from_secs(5);
+/// How long a member whose endpoint could not be found or reached is left alone.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The timeout of one RPC call to a member.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -115,6 +117,7 @@ impl Rpc {
             identity,
             handle,
             addrs: HashMap::new(),
+            retry_at: HashMap::new(),
         };
         tasks.push(tokio::spawn(pump.run(shutdown)));
         tracing::info!(rpc = %local_addr, "grenache rpc endpoint listening");
@@ -365,6 +368,8 @@ struct Pump {
     identity: Arc<Identity>,
     handle: NodeHandle,
     addrs: HashMap<NodeId, (Vec<SocketAddr>, Instant)>,
+    /// Members not looked up again before this time (after a failed lookup or delivery).
+    retry_at: HashMap<NodeId, Instant>,
 }
 
 impl Pump {
@@ -391,6 +396,7 @@ impl Pump {
             }
             let Ok(poll) = rx.await else { break };
             self.addrs.retain(|id, _| poll.links.contains(id));
+            self.retry_at.retain(|id, _| poll.links.contains(id));
             let work = async {
                 for member in &poll.links {
                     self.resolve(*member).await;
@@ -412,19 +418,25 @@ impl Pump {
             .addrs
             .get(&member)
             .is_some_and(|(_, at)| at.elapsed() < LOOKUP_TTL / 2);
-        if fresh {
+        let waiting = self
+            .retry_at
+            .get(&member)
+            .is_some_and(|at| Instant::now() < *at);
+        if fresh || waiting {
             return;
         }
         let name = discovery::rpc_member_service_name(&self.network_id, &member);
         match self.client.grape().lookup(&name).await {
             Ok(addrs) if !addrs.is_empty() => {
                 self.addrs.insert(member, (addrs, Instant::now()));
+                return;
             }
             Ok(_) => {
                 tracing::debug!(member = %member.short(), "member's rpc endpoint not found (yet)");
             }
             Err(error) => tracing::debug!(member = %member.short(), %error, "rpc lookup failed"),
         }
+        self.retry_at.insert(member, Instant::now() + RETRY_AFTER);
     }
 
     /// Posts one envelope to `member` and feeds its reply back to the engine. When it cannot
@@ -471,6 +483,7 @@ impl Pump {
             }
         }
         self.addrs.remove(&member);
+        self.retry_at.insert(member, Instant::now() + RETRY_AFTER);
         if !messages.is_empty() {
             let _ = self.handle.send_request(Request::RpcReset(member)).await;
         }

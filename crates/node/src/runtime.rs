@@ -761,6 +761,15 @@ impl Shell {
         let mut deferred = Vec::new();
         let own_addr = self.transport.local_addr();
         let mut last_tick = Instant::now();
+        // One tick before any request: a node told to found its network is a member before
+        // its first client request is handled.
+        let now_ms = self.now_ms();
+        self.engine.handle(Input::Tick { now_ms }, &mut effects);
+        self.engine.handle(Input::Flush { now_ms }, &mut effects);
+        if let Err(error) = self.execute(&mut effects, &mut deferred) {
+            tracing::error!(%error, "storage failed; stopping the node");
+            shutdown.cancel();
+        }
         loop {
             // Not biased: under a flood of peer messages, clients and timers still get turns.
             tokio::select! {
