@@ -265,11 +265,11 @@ fn print_table(cluster: &Cluster) {
     if let (Some(first), Some(second)) = (nodes.first(), nodes.get(1).or(nodes.first())) {
         println!("place a crossing pair of orders on two nodes:");
         println!(
-            "  {binary} --api http://{} order sell BTC-USD 1 @ 100.00",
+            "  {binary} order sell BTC-USD 1 @ 100.00 --api http://{}",
             first.api
         );
         println!(
-            "  {binary} --api http://{} order buy BTC-USD 1 @ 100.00",
+            "  {binary} order buy BTC-USD 1 @ 100.00 --api http://{}",
             second.api
         );
         println!("  {binary} trades BTC-USD --api http://{}", first.api);
