@@ -17,6 +17,7 @@ pub(crate) fn run() -> Result<()> {
         cmd!(sh, "rustup component add llvm-tools-preview").run()?;
         cmd!(sh, "cargo install --locked cargo-llvm-cov").run()?;
     }
+    let _env = crate::test::prepare(&sh)?;
     // The summary table lists every file; the per-crate lines are summed below.
     let json = cmd!(
         sh,

@@ -22,18 +22,10 @@ pub(crate) fn run(args: Args) -> Result<()> {
         .run()?;
         crate::docs::build(&sh)?;
     }
-    // Everything the tests need, installed on a fresh machine: Grape and the grenache client
-    // libraries from npm (into the ignored `.tools/`), and the node binary the end-to-end tests
-    // run. With P2P_EXCHANGE_REQUIRE_ALL set, a test that lacks something fails instead of
-    // printing SKIPPED.
-    let grenache = crate::grape::ensure_installed(&sh)?;
-    cmd!(sh, "cargo build -p node-bin --bin p2p-exchange").run()?;
-    let binary = crate::project_root().join("target/debug/p2p-exchange");
-    let _require = sh.push_env("P2P_EXCHANGE_REQUIRE_ALL", "1");
-    let _grenache = sh.push_env("GRENACHE_NODE_MODULES", grenache.join("node_modules"));
-    let _binary = sh.push_env("P2P_EXCHANGE_BIN", binary);
-    cmd!(sh, "cargo test --workspace --all-features").run()?;
-    drop((_require, _grenache, _binary));
+    {
+        let _env = prepare(&sh)?;
+        cmd!(sh, "cargo test --workspace --all-features").run()?;
+    }
 
     // The README's other command, end to end: a 3-node cluster comes up meshed, then a short
     // load test through the public API on another cluster; it fails if the digests disagree.
@@ -48,4 +40,20 @@ pub(crate) fn run(args: Args) -> Result<()> {
     )
     .run()?;
     Ok(())
+}
+
+/// Installs and builds everything the tests need on a fresh machine, and sets the environment
+/// that tells the tests where it is (kept while the returned guards live): Grape and the
+/// grenache client libraries from npm (into the ignored `.tools/`), and the node binary the
+/// end-to-end tests run. With `P2P_EXCHANGE_REQUIRE_ALL` set, a test that lacks something fails
+/// instead of printing SKIPPED.
+pub(crate) fn prepare(sh: &Shell) -> Result<Vec<xshell::PushEnv<'_>>> {
+    let grenache = crate::grape::ensure_installed(sh)?;
+    cmd!(sh, "cargo build -p node-bin --bin p2p-exchange").run()?;
+    let binary = crate::project_root().join("target/debug/p2p-exchange");
+    Ok(vec![
+        sh.push_env("P2P_EXCHANGE_REQUIRE_ALL", "1"),
+        sh.push_env("GRENACHE_NODE_MODULES", grenache.join("node_modules")),
+        sh.push_env("P2P_EXCHANGE_BIN", binary),
+    ])
 }

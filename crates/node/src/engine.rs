@@ -968,7 +968,11 @@ impl Engine {
             if price <= Decimal::ZERO {
                 return Err(ClientError::bad("invalid_price", "price must be positive"));
             }
-            if !(price % spec.tick_size).is_zero() {
+            // Checked: a client's price near Decimal::MAX must not panic the engine.
+            let off_tick = price
+                .checked_rem(spec.tick_size)
+                .is_none_or(|rest| !rest.is_zero());
+            if off_tick {
                 return Err(ClientError::bad(
                     "off_tick",
                     format!(
@@ -984,7 +988,11 @@ impl Engine {
                 "quantity must be positive",
             ));
         }
-        if !(order.quantity % spec.lot_size).is_zero() {
+        let off_lot = order
+            .quantity
+            .checked_rem(spec.lot_size)
+            .is_none_or(|rest| !rest.is_zero());
+        if off_lot {
             return Err(ClientError::bad(
                 "off_lot",
                 format!(
@@ -995,16 +1003,24 @@ impl Engine {
         }
         // The matcher keeps integer ticks and lots: refuse what it could not represent, so a
         // valid-looking order is never rejected only at settlement.
-        let ticks = order.price.map(|p| p / spec.tick_size);
-        let lots = order.quantity / spec.lot_size;
+        // Checked division: a quotient beyond Decimal's range is "out of range", not a panic.
         let limit = Decimal::from(u64::MAX / 4);
-        if ticks.is_some_and(|t| t > limit) {
-            return Err(ClientError::bad("invalid_price", "price is too large"));
-        }
-        if lots > limit {
+        if let Some(price) = order.price
+            && price.checked_div(spec.tick_size).is_none_or(|t| t > limit)
+        {
             return Err(ClientError::bad(
-                "invalid_quantity",
-                "quantity is too large",
+                "price_out_of_range",
+                format!("price {price} is out of range"),
+            ));
+        }
+        if order
+            .quantity
+            .checked_div(spec.lot_size)
+            .is_none_or(|l| l > limit)
+        {
+            return Err(ClientError::bad(
+                "quantity_out_of_range",
+                format!("quantity {} is out of range", order.quantity),
             ));
         }
         Ok(())
@@ -1899,7 +1915,7 @@ impl Engine {
                 } => {
                     for (id, is_maker) in [(maker, true), (taker, false)] {
                         if let Some(record) = self.orders.get_mut(&id.0) {
-                            record.filled += quantity;
+                            record.filled = record.filled.saturating_add(quantity);
                             if is_maker && !record.status.is_final() {
                                 record.status = OrderStatus::PartiallyFilled;
                             }
@@ -1983,7 +1999,12 @@ fn view(record: &OrderRecord, scales: (u32, u32)) -> OrderView {
     let remaining = if record.status.is_final() {
         Decimal::ZERO
     } else {
-        (record.order.quantity - record.filled).max(Decimal::ZERO)
+        record
+            .order
+            .quantity
+            .checked_sub(record.filled)
+            .unwrap_or(Decimal::ZERO)
+            .max(Decimal::ZERO)
     };
     OrderView {
         order_id: ApiOrderId(order_id(&record.origin, record.seq)).to_string(),
