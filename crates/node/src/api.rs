@@ -210,6 +210,15 @@ fn decimal(what: &'static str, text: &str) -> Result<Decimal, ApiError> {
                 format!("{what} must be a decimal string such as \"100.25\", got {text:?}"),
             )
         })?;
+    // rust_decimal rounds what it cannot keep (more than 28 significant fractional digits,
+    // or too many digits in all): an order must be for exactly what the client wrote.
+    let fraction_digits = text.split_once('.').map_or(0, |(_, f)| f.len());
+    if value.scale() as usize != fraction_digits {
+        return Err(ApiError::bad(
+            "imprecise_decimal",
+            format!("{what} {text:?} has more digits than can be represented exactly"),
+        ));
+    }
     Ok(value)
 }
 
@@ -558,6 +567,53 @@ async fn forward(mut socket: WebSocket, mut rx: tokio::sync::broadcast::Receiver
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(result: Result<Decimal, ApiError>) -> &'static str {
+        match result {
+            Ok(value) => panic!("accepted as {value}"),
+            Err(error) => {
+                assert_eq!(error.status, StatusCode::BAD_REQUEST);
+                error.code
+            }
+        }
+    }
+
+    /// Review #9: text that rust_decimal would round is rejected, never silently changed.
+    #[test]
+    fn decimals_that_would_be_rounded_are_rejected() {
+        for text in [
+            "0.00000000000000000000000000001",
+            "1.00000000000000000000000000001",
+            "7.9228162514264337593543950336",
+            "100.123456789012345678901234567",
+        ] {
+            assert_eq!(code(decimal("price", text)), "imprecise_decimal", "{text}");
+        }
+        for text in ["abc", "", "1e5", "+1"] {
+            assert_eq!(code(decimal("price", text)), "invalid_decimal", "{text}");
+        }
+    }
+
+    #[test]
+    fn exact_decimals_are_kept_exactly() {
+        for text in [
+            "100.25",
+            "100.250",
+            "1",
+            "0.0000000000000000000000000001",
+            "-3.5",
+        ] {
+            let Ok(value) = decimal("price", text) else {
+                panic!("{text} rejected");
+            };
+            assert_eq!(value.to_string(), text);
         }
     }
 }

@@ -47,7 +47,14 @@ pub const MAX_TRADES_KEPT: usize = 10_000;
 /// A digest checkpoint is recorded every this many settled events.
 pub const CHECKPOINT_EVERY: u64 = 1000;
 
+/// The highest lamport a peer's event or frontier may carry. Anything above is invalid input
+/// from that peer: the clock of an honest network never gets near it, and the ceiling leaves
+/// room so that `clock + 1` can never wrap.
+pub const MAX_LAMPORT: u64 = u64::MAX / 2;
 const SYNC_INTERVAL_MS: u64 = 2000;
+/// At most one `SyncRequest` per peer is answered per this interval; extra ones are dropped
+/// (the requester's periodic sync asks again).
+pub const SYNC_SERVE_INTERVAL_MS: u64 = 250;
 const DIGEST_INTERVAL_MS: u64 = 1000;
 const JOIN_RETRY_MS: u64 = 1000;
 const GAP_SYNC_MIN_MS: u64 = 100;
@@ -68,6 +75,9 @@ pub struct EngineConfig {
     pub heartbeat_ms: u64,
     /// At most this often a busy member announces its frontier (coalescing).
     pub frontier_min_interval_ms: u64,
+    /// A member sponsors (admits) only a peer connected to it for at least this long, so
+    /// that short-lived connections cannot collect memberships.
+    pub sponsor_min_connected_ms: u64,
 }
 
 /// One input to the engine.
@@ -430,6 +440,10 @@ struct PeerState {
     /// Whether it reported itself a member.
     member: bool,
     last_gap_sync_ms: Option<u64>,
+    /// When a `SyncRequest` of this peer was last answered (rate limit).
+    last_sync_served_ms: Option<u64>,
+    /// When the peer connected (engine time).
+    connected_ms: u64,
 }
 
 /// The replicated log, membership, settlement and matching of one node.
@@ -444,6 +458,10 @@ pub struct Engine {
     members: BTreeSet<NodeId>,
     /// For members admitted by a `Join`: its lamport (their frontier floor).
     member_floor: BTreeMap<NodeId, u64>,
+    /// Delivered, not yet settled `Join` events: their key and the node they admit. Such a
+    /// node's events (all stamped above its Join) may arrive before the Join settles, so it
+    /// holds the settled frontier down like a member whose floor is the Join's lamport.
+    pending_joins: BTreeMap<Key, NodeId>,
     /// Origins whose events are accepted: the founder and every node named by a delivered `Join`.
     known_origins: BTreeSet<NodeId>,
     has_orders: bool,
@@ -529,6 +547,7 @@ impl Engine {
             target_genesis: None,
             members: BTreeSet::new(),
             member_floor: BTreeMap::new(),
+            pending_joins: BTreeMap::new(),
             known_origins: BTreeSet::new(),
             has_orders: false,
             origins: BTreeMap::new(),
@@ -687,7 +706,19 @@ impl Engine {
 
     /// The current settled frontier: min over members of their trusted frontier.
     pub fn settled_frontier(&self) -> Option<u64> {
-        self.members.iter().map(|m| self.frontier_of(m)).min()
+        let members = self.members.iter().map(|m| self.frontier_of(m)).min()?;
+        // A node admitted by a delivered, unsettled Join counts from the Join's lamport on:
+        // its honest events are all above it (review #4).
+        let joining = self
+            .pending_joins
+            .iter()
+            .filter(|(_, m)| !self.members.contains(m))
+            .map(|(&(lamport, _, _), m)| {
+                let trusted = self.origins.get(m).map_or(0, |st| st.trusted);
+                lamport.max(trusted)
+            })
+            .min();
+        Some(joining.map_or(members, |j| j.min(members)))
     }
 
     /// A status snapshot.
@@ -735,7 +766,13 @@ impl Engine {
                 out.push(Effect::Reply { request, reply });
             }
             Input::Connected { peer } => {
-                self.peers.insert(peer, PeerState::default());
+                self.peers.insert(
+                    peer,
+                    PeerState {
+                        connected_ms: self.now_ms,
+                        ..PeerState::default()
+                    },
+                );
                 out.push(Effect::Send {
                     to: peer,
                     message: self.network_info(),
@@ -929,7 +966,9 @@ impl Engine {
                 "this node is not a member of a network yet; try again shortly",
             ));
         }
-        let seq = self.create(EventBody::Place(order), out);
+        let seq = self
+            .create(EventBody::Place(order), out)
+            .ok_or_else(clock_exhausted)?;
         let id = order_id(&self.me, seq);
         self.orders.get(&id.0).map(|r| self.view(r)).ok_or_else(|| {
             ClientError::new(ClientErrorKind::Unavailable, "internal", "order vanished")
@@ -1059,7 +1098,8 @@ impl Engine {
             ));
         }
         let order_seq = record.seq;
-        self.create(EventBody::Cancel { order_seq }, out);
+        self.create(EventBody::Cancel { order_seq }, out)
+            .ok_or_else(clock_exhausted)?;
         // Delivering the cancel event to ourselves marked the order `cancel_requested`.
         let record = self.orders.get(&id.0.0).ok_or_else(|| {
             ClientError::new(
@@ -1072,12 +1112,23 @@ impl Engine {
     }
 
     /// Creates a local event: next own seq, `lamport = 1 + max seen`; delivered to self at once.
-    fn create(&mut self, body: EventBody, out: &mut Vec<Effect>) -> u64 {
+    /// `None` (and no event) if the clock would pass [`MAX_LAMPORT`]: never wrap.
+    fn create(&mut self, body: EventBody, out: &mut Vec<Effect>) -> Option<u64> {
         let me = self.me;
+        let Some(lamport) = self
+            .clock
+            .checked_add(1)
+            .filter(|&lamport| lamport <= MAX_LAMPORT)
+        else {
+            tracing::error!(
+                clock = self.clock,
+                "lamport clock exhausted; not creating an event"
+            );
+            return None;
+        };
         let st = self.origins.entry(me).or_default();
-        let seq = st.delivered + 1;
-        self.clock += 1;
-        let lamport = self.clock;
+        let seq = st.delivered.checked_add(1)?;
+        self.clock = lamport;
         st.delivered = seq;
         st.last_lamport = lamport;
         let event = Event {
@@ -1091,7 +1142,7 @@ impl Engine {
         self.on_delivered(&event);
         self.unsettled.insert((lamport, me, seq), event);
         self.settle(out);
-        seq
+        Some(seq)
     }
 
     fn flush(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
@@ -1308,8 +1359,11 @@ impl Engine {
                 return;
             }
             PeerInput::SyncRequest { clock } => {
-                // Anyone of our network id may read our log (a newcomer needs it to join).
-                self.answer_sync(from, &clock, out);
+                // A peer of our network id that is a member of our genesis, or a newcomer
+                // without one, may read our log (a newcomer needs it to join), at a bounded rate.
+                if self.may_serve_sync(&from) {
+                    self.answer_sync(from, &clock, out);
+                }
                 return;
             }
             _ => {}
@@ -1324,7 +1378,7 @@ impl Engine {
                 self.settle(out);
             }
             PeerInput::Frontier(frontier) => self.on_frontier(from, frontier, out),
-            PeerInput::SyncRequest { clock } => self.answer_sync(from, &clock, out),
+            PeerInput::SyncRequest { .. } => {}
             PeerInput::SyncResponse { batches, done } => {
                 for batch in batches {
                     self.offer(Some(from), batch, false, out);
@@ -1345,6 +1399,29 @@ impl Engine {
             PeerInput::JoinRequest => self.on_join_request(from, out),
             PeerInput::NetworkInfo { .. } => {}
         }
+    }
+
+    /// Whether a `SyncRequest` of `peer` is answered now (and, if so, marks it served): only
+    /// a peer that told us (by `NetworkInfo`) it is of our genesis or has none yet, and at
+    /// most once per [`SYNC_SERVE_INTERVAL_MS`]. Strangers and floods get nothing.
+    fn may_serve_sync(&mut self, peer: &NodeId) -> bool {
+        let Some(ours) = self.our_network() else {
+            return false;
+        };
+        let now = self.now_ms;
+        let Some(state) = self.peers.get_mut(peer) else {
+            tracing::debug!(peer = %peer.short(), "ignoring a sync request before its network info");
+            return false;
+        };
+        match state.genesis {
+            Some(None) => {}
+            Some(Some(theirs)) if theirs == ours => {}
+            _ => {
+                tracing::debug!(peer = %peer.short(), "ignoring a sync request from another network");
+                return false;
+            }
+        }
+        due(&mut state.last_sync_served_ms, now, SYNC_SERVE_INTERVAL_MS)
     }
 
     fn on_network_info(
@@ -1388,7 +1465,12 @@ impl Engine {
                     // Still joining: keep the first network found.
                     return;
                 }
-                let we_lose = !self.has_orders && (has_orders || theirs < ours);
+                // A network with orders or with more than one member is never wiped (other
+                // nodes depend on it); of two such networks neither gives way (review #5).
+                let ours_fixed =
+                    self.has_orders || self.members.len() > 1 || self.known_origins.len() > 1;
+                let theirs_fixed = has_orders || members.len() > 1;
+                let we_lose = !ours_fixed && (theirs_fixed || theirs < ours);
                 if we_lose {
                     tracing::warn!(
                         ours = %hex(&ours),
@@ -1400,12 +1482,12 @@ impl Engine {
                         to: from,
                         message: self.sync_request(),
                     });
-                } else if self.has_orders && has_orders {
+                } else if ours_fixed && theirs_fixed {
                     tracing::error!(
                         ours = %hex(&ours),
                         theirs = %hex(&theirs),
                         peer = %from.short(),
-                        "refusing a peer of another network with the same NETWORK_ID: both hold orders and are never merged"
+                        "refusing a peer of another network with the same NETWORK_ID: both hold orders or several members and are never merged"
                     );
                     out.push(Effect::Disconnect {
                         peer: from,
@@ -1444,6 +1526,14 @@ impl Engine {
         }
         if self.members.contains(&from) || self.known_origins.contains(&from) {
             // Already admitted, or a Join for it is on its way to settlement.
+            return;
+        }
+        let connected_long_enough = self.peers.get(&from).is_some_and(|p| {
+            self.now_ms.saturating_sub(p.connected_ms) >= self.config.sponsor_min_connected_ms
+        });
+        if !connected_long_enough {
+            // The newcomer asks again (every JOIN_RETRY_MS) while it stays connected.
+            tracing::debug!(newcomer = %from.short(), "not sponsoring a peer connected only briefly");
             return;
         }
         tracing::info!(newcomer = %from.short(), "admitting a new member");
@@ -1529,6 +1619,16 @@ impl Engine {
     fn on_frontier(&mut self, from: NodeId, frontier: VerifiedFrontier, out: &mut Vec<Effect>) {
         let origin = frontier.origin();
         if origin == self.me || !self.known_origins.contains(&origin) {
+            return;
+        }
+        if frontier.lamport() > MAX_LAMPORT {
+            out.push(Effect::Misbehaviour {
+                peer: from,
+                what: format!(
+                    "frontier of {} with a lamport beyond the ceiling",
+                    origin.short()
+                ),
+            });
             return;
         }
         let st = self.origins.entry(origin).or_default();
@@ -1684,6 +1784,20 @@ impl Engine {
             self.reject(from, &origin, "lamport not increasing across batches");
             return false;
         }
+        // Lamports strictly increase within a verified batch: the last one is the largest.
+        if batch.last_lamport() > MAX_LAMPORT {
+            self.reject(from, &origin, "lamport beyond the ceiling");
+            if let Some(peer) = from {
+                out.push(Effect::Misbehaviour {
+                    peer,
+                    what: format!(
+                        "event of {} with a lamport beyond the ceiling",
+                        origin.short()
+                    ),
+                });
+            }
+            return false;
+        }
         let frontier = self.settled_frontier();
         if let Some(s) = frontier
             && first.lamport <= s
@@ -1789,6 +1903,8 @@ impl Engine {
             }
             EventBody::Join { member } => {
                 self.known_origins.insert(*member);
+                self.pending_joins
+                    .insert((event.lamport, event.origin, event.seq), *member);
             }
             EventBody::Leave | EventBody::Evict { .. } => {}
         }
@@ -1821,6 +1937,7 @@ impl Engine {
     }
 
     fn apply(&mut self, key: Key, event: Event, out: &mut Vec<Effect>) {
+        self.pending_joins.remove(&key);
         self.settled_key = Some(key);
         self.settled_events += 1;
         let origin = event.origin;
@@ -1988,6 +2105,14 @@ impl Engine {
         hasher.update([u8::from(trade.taker_side == Side::Buy)]);
         self.trade_chain = hasher.finalize().into();
     }
+}
+
+fn clock_exhausted() -> ClientError {
+    ClientError::new(
+        ClientErrorKind::Unavailable,
+        "clock_exhausted",
+        "the lamport clock is exhausted; this node cannot create events",
+    )
 }
 
 fn view(record: &OrderRecord, scales: (u32, u32)) -> OrderView {

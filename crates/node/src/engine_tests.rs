@@ -29,6 +29,7 @@ fn config(found: bool) -> EngineConfig {
         join_window_ms: 50,
         heartbeat_ms: 100,
         frontier_min_interval_ms: 0,
+        sponsor_min_connected_ms: 0,
     }
 }
 
@@ -814,4 +815,385 @@ fn concurrent_events_settle_in_key_order_lamport_then_origin() {
         assert_eq!(second.status, OrderStatus::Open);
     }
     assert_eq!(sim.nodes[0].digest(), sim.nodes[1].digest());
+}
+
+// ---------------- regression tests for the node review ----------------
+
+/// Review #1: 28 nines is a valid Decimal and a multiple of the tick 0.01, but
+/// `price / tick` overflows Decimal. It must be a 400, not a panic, and create no event.
+#[test]
+fn huge_price_is_rejected_as_out_of_range_without_panicking() {
+    let mut sim = Sim::new(1);
+    sim.tick(1);
+    let before = sim.nodes[0].status().events_delivered;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sim.place(0, limit(Side::Buy, "9999999999999999999999999999", "1"))
+    }));
+    let error = r
+        .expect("engine panicked on a client price")
+        .expect_err("rejected");
+    assert_eq!(error.kind, ClientErrorKind::BadRequest);
+    assert_eq!(error.code, "price_out_of_range");
+    assert_eq!(sim.nodes[0].status().events_delivered, before);
+    // The engine still works.
+    sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+}
+
+/// Review #1: a quantity whose `quantity / lot` overflows Decimal is a 400, not a panic.
+#[test]
+fn huge_quantity_is_rejected_as_out_of_range_without_panicking() {
+    let mut sim = Sim::new(1);
+    sim.tick(1);
+    let before = sim.nodes[0].status().events_delivered;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sim.place(0, limit(Side::Buy, "100", "99999999999999999999999999"))
+    }));
+    let error = r
+        .expect("engine panicked on a client quantity")
+        .expect_err("rejected");
+    assert_eq!(error.kind, ClientErrorKind::BadRequest);
+    assert_eq!(error.code, "quantity_out_of_range");
+    assert_eq!(sim.nodes[0].status().events_delivered, before);
+    sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+}
+
+/// Review #2: a member's event stamped near `u64::MAX` would drag our clock there and make
+/// the next `clock + 1` wrap. It is rejected as invalid input from that peer.
+#[test]
+fn event_with_lamport_beyond_the_ceiling_is_rejected_and_the_clock_is_unharmed() {
+    let mut sim = Sim::network(2);
+    let member = sim.identities[1].clone();
+    let from = member.node_id();
+    let next_seq = sim.nodes[0].clock().get(&from).copied().unwrap_or(0) + 1;
+    let clock_before = sim.nodes[0].status().lamport;
+    let rejected_before = sim.nodes[0].status().rejected_events;
+    for lamport in [u64::MAX, MAX_LAMPORT + 1] {
+        let event = Event {
+            origin: from,
+            seq: next_seq,
+            lamport,
+            body: EventBody::Place(limit(Side::Buy, "100", "1")),
+        };
+        let batch = SignedBatch::sign(&member, vec![event]).expect("signed");
+        sim.misbehaviour.clear();
+        sim.input(
+            0,
+            Input::Peer {
+                from,
+                message: PeerInput::Batch(batch.verify().expect("valid")),
+            },
+        );
+        assert_eq!(sim.nodes[0].status().lamport, clock_before, "clock moved");
+        assert!(
+            sim.misbehaviour
+                .iter()
+                .any(|(n, p, _)| *n == 0 && *p == from),
+            "sender not reported: {:?}",
+            sim.misbehaviour
+        );
+    }
+    assert_eq!(sim.nodes[0].status().rejected_events, rejected_before + 2);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sim.place(0, limit(Side::Sell, "100", "1"))
+    }));
+    r.expect("node 0 panicked creating its next event")
+        .expect("node 0 still places orders");
+    assert_eq!(sim.nodes[0].status().lamport, clock_before + 1);
+}
+
+/// Review #2: a frontier beyond the ceiling is refused (never trusted) and its sender reported.
+#[test]
+fn frontier_with_lamport_beyond_the_ceiling_is_rejected() {
+    let mut sim = Sim::network(2);
+    let member = sim.identities[1].clone();
+    let from = member.node_id();
+    let seq = sim.nodes[0].clock().get(&from).copied().unwrap_or(0);
+    let frontier = SignedFrontier::sign(&member, seq, u64::MAX);
+    let message = sim.nodes[0]
+        .check_message(&from, Message::Frontier(frontier))
+        .expect("well formed")
+        .expect("news");
+    sim.misbehaviour.clear();
+    sim.input(0, Input::Peer { from, message });
+    assert!(
+        sim.misbehaviour
+            .iter()
+            .any(|(n, p, _)| *n == 0 && *p == from),
+        "sender not reported: {:?}",
+        sim.misbehaviour
+    );
+    assert!(
+        sim.nodes[0]
+            .settled_frontier()
+            .is_none_or(|s| s < MAX_LAMPORT)
+    );
+}
+
+/// Sends `request` from `peer` straight to node 0 and returns the bytes of its responses.
+fn sync_answer_bytes(sim: &mut Sim, peer: &NodeId, request: &Message) -> usize {
+    let input = sim.nodes[0]
+        .check_message(peer, request.clone())
+        .expect("well formed")
+        .expect("an input");
+    let mut out = Vec::new();
+    sim.nodes[0].handle(
+        Input::Peer {
+            from: *peer,
+            message: input,
+        },
+        &mut out,
+    );
+    out.iter()
+        .map(|e| match e {
+            Effect::Send { message, .. } => postcard::to_allocvec(message).expect("enc").len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Review #3: a peer that passed the handshake but never said it is of our genesis (or a peer
+/// of another genesis) gets nothing for a ~10-byte `SyncRequest`; a newcomer of our network
+/// gets at most one answer per `SYNC_SERVE_INTERVAL_MS`.
+#[test]
+fn sync_requests_are_answered_only_for_our_network_and_rate_limited() {
+    let mut sim = Sim::new(1);
+    sim.tick(1);
+    for i in 0..2000 {
+        let order = PlaceOrder {
+            client_order_id: Some(format!("client-order-{i:040}")),
+            ..limit(Side::Buy, "100", "1")
+        };
+        sim.place(0, order).expect("placed");
+    }
+    let request = Message::SyncRequest {
+        clock: crate::wire::clock_to_wire(&BTreeMap::new()),
+    };
+    let req_len = postcard::to_allocvec(&request).expect("enc").len();
+
+    // A stranger (no NetworkInfo): nothing, however often it asks.
+    let stranger = Identity::from_secret_bytes(&[77; 32]).node_id();
+    let total: usize = (0..10)
+        .map(|_| sync_answer_bytes(&mut sim, &stranger, &request))
+        .sum();
+    assert_eq!(
+        total,
+        0,
+        "a stranger got {total} bytes for {} bytes",
+        10 * req_len
+    );
+
+    // A peer of another genesis: nothing.
+    let other = Identity::from_secret_bytes(&[78; 32]).node_id();
+    let info = Message::NetworkInfo {
+        genesis: Some([9; 32]),
+        has_orders: false,
+        members: vec![other],
+        clock: crate::wire::clock_to_wire(&BTreeMap::new()),
+    };
+    let input = sim.nodes[0]
+        .check_message(&other, info)
+        .expect("ok")
+        .expect("input");
+    sim.input(
+        0,
+        Input::Peer {
+            from: other,
+            message: input,
+        },
+    );
+    assert_eq!(sync_answer_bytes(&mut sim, &other, &request), 0);
+
+    // A newcomer without a genesis: one answer, then nothing until the interval has passed.
+    let newcomer = Identity::from_secret_bytes(&[79; 32]).node_id();
+    let info = Message::NetworkInfo {
+        genesis: None,
+        has_orders: false,
+        members: Vec::new(),
+        clock: crate::wire::clock_to_wire(&BTreeMap::new()),
+    };
+    let input = sim.nodes[0]
+        .check_message(&newcomer, info)
+        .expect("ok")
+        .expect("input");
+    sim.input(
+        0,
+        Input::Peer {
+            from: newcomer,
+            message: input,
+        },
+    );
+    let first = sync_answer_bytes(&mut sim, &newcomer, &request);
+    assert!(first > 0, "the newcomer got no answer");
+    let extra: usize = (0..9)
+        .map(|_| sync_answer_bytes(&mut sim, &newcomer, &request))
+        .sum();
+    assert_eq!(extra, 0, "requests within the interval were answered");
+    sim.tick(SYNC_SERVE_INTERVAL_MS);
+    assert!(
+        sync_answer_bytes(&mut sim, &newcomer, &request) > 0,
+        "no answer after the interval"
+    );
+}
+
+/// Node 2 only hears node 0 late (the 0 -> 2 direction lags) while node 1 joins (sponsored
+/// by 0) and places an order. When the link catches up, 0's frontier arrives before the
+/// SyncResponse that carries 0's Join batch and 1's batch in one message: 1's honest events
+/// must not be rejected as "below the settled frontier", nor node 0 (honest) scored down
+/// (review #4).
+#[test]
+fn honest_newcomer_events_are_accepted_when_the_sponsors_frontier_arrives_first() {
+    let mut sim = Sim::new(3);
+    sim.tick(1);
+    sim.connect(0, 2);
+    sim.connect(0, 1);
+    // Node 1 stays silent towards everyone until node 2 is a member.
+    sim.connected[0][1] = false;
+    sim.connected[1][0] = false;
+    sim.drain();
+    for _ in 0..20 {
+        sim.tick(200);
+        sim.drain();
+    }
+    assert_eq!(sim.nodes[2].phase(), Phase::Member);
+    assert_eq!(sim.nodes[2].members().len(), 2);
+    // 0 -> 2 is cut; 2 -> 0 still works. Node 1 now talks to node 0.
+    sim.connected[0][2] = false;
+    sim.connected[0][1] = true;
+    sim.connected[1][0] = true;
+    let (i0, i1) = (sim.identities[0].node_id(), sim.identities[1].node_id());
+    sim.input(0, Input::Connected { peer: i1 });
+    sim.input(1, Input::Connected { peer: i0 });
+    sim.drain();
+    let mut placed_by_1 = false;
+    for round in 0..60 {
+        sim.place(2, limit(Side::Sell, "300", "1"))
+            .expect("placed by 2");
+        if sim.nodes[1].phase() == Phase::Member && !placed_by_1 {
+            sim.place(1, limit(Side::Buy, "100", "1"))
+                .expect("placed by 1");
+            placed_by_1 = true;
+        }
+        if round % 3 == 0 {
+            sim.tick(200);
+        }
+        sim.drain();
+    }
+    assert!(placed_by_1, "node 1 became a member");
+    sim.misbehaviour.clear();
+    let rejected_before = sim.nodes[2].status().rejected_events;
+    // The 0 -> 2 direction comes back (a reconnect).
+    sim.connected[0][2] = true;
+    let (i0, i2) = (sim.identities[0].node_id(), sim.identities[2].node_id());
+    sim.input(0, Input::Disconnected { peer: i2 });
+    sim.input(2, Input::Disconnected { peer: i0 });
+    sim.input(0, Input::Connected { peer: i2 });
+    sim.input(2, Input::Connected { peer: i0 });
+    sim.drain();
+    assert_eq!(
+        sim.nodes[2].status().rejected_events,
+        rejected_before,
+        "honest events rejected"
+    );
+    assert!(
+        sim.misbehaviour.is_empty(),
+        "honest peer scored down: {:?}",
+        sim.misbehaviour
+    );
+}
+
+/// Builds two orderless networks: node 0 founds with node 1 joined, node 2 founds with node 3
+/// joined (`pair_b` false: node 2 stays alone and node 3 is unused).
+fn two_networks(pair_b: bool) -> Sim {
+    let mut sim = Sim::with_founders(4, |i| i == 0 || i == 2);
+    sim.tick(1);
+    sim.connect(0, 1);
+    if pair_b {
+        sim.connect(2, 3);
+    }
+    for _ in 0..30 {
+        sim.tick(200);
+        sim.drain();
+    }
+    assert_eq!(sim.nodes[0].members().len(), 2);
+    assert_eq!(sim.nodes[2].members().len(), if pair_b { 2 } else { 1 });
+    sim
+}
+
+/// Review #5: two orderless networks of two members each meet: neither is wiped (other
+/// nodes depend on each), both sides refuse the link.
+#[test]
+fn networks_with_several_members_are_never_wiped() {
+    let mut sim = two_networks(true);
+    let geneses: Vec<_> = sim.nodes.iter().map(|n| n.genesis()).collect();
+    let logs: Vec<usize> = sim.logs.iter().map(Vec::len).collect();
+    sim.disconnects.clear();
+    sim.connect(1, 3);
+    for _ in 0..5 {
+        sim.tick(200);
+        sim.drain();
+    }
+    for (i, node) in sim.nodes.iter().enumerate() {
+        assert_eq!(
+            node.genesis(),
+            geneses[i],
+            "node {i} was moved to another network"
+        );
+        assert_eq!(node.members().len(), 2);
+        assert!(sim.logs[i].len() >= logs[i], "node {i}'s log was wiped");
+    }
+    assert!(
+        !sim.disconnects.is_empty(),
+        "neither side refused the other network"
+    );
+}
+
+/// Review #5: a lone orderless founder gives way to a network of two members, whichever
+/// genesis is lower.
+#[test]
+fn a_lone_orderless_founder_joins_a_network_of_several_members() {
+    let mut sim = two_networks(false);
+    let big = sim.nodes[0].genesis().expect("founded");
+    sim.connect(1, 2);
+    for _ in 0..50 {
+        sim.tick(200);
+        sim.drain();
+    }
+    for node in &sim.nodes[..3] {
+        assert_eq!(node.genesis(), Some(big));
+        assert_eq!(node.members().len(), 3);
+    }
+}
+
+/// Review #11: a member sponsors only a peer connected to it for `sponsor_min_connected_ms`;
+/// the newcomer's retries get it admitted once that time has passed.
+#[test]
+fn members_sponsor_only_peers_connected_for_a_while() {
+    let mut sim = Sim::new(2);
+    sim.nodes[0] = Engine::new(
+        sim.identities[0].clone(),
+        EngineConfig {
+            sponsor_min_connected_ms: 1000,
+            ..config(true)
+        },
+    )
+    .expect("engine");
+    sim.tick(1);
+    sim.connect(0, 1);
+    sim.drain();
+    // Well past the newcomer's join window and first join requests, but under a second.
+    for _ in 0..4 {
+        sim.tick(200);
+        sim.drain();
+    }
+    assert_eq!(
+        sim.nodes[0].members().len(),
+        1,
+        "sponsored a peer connected < 1 s"
+    );
+    for _ in 0..20 {
+        sim.tick(200);
+        sim.drain();
+    }
+    assert_eq!(sim.nodes[0].members().len(), 2, "never sponsored after 1 s");
+    assert_eq!(sim.nodes[1].phase(), Phase::Member);
 }

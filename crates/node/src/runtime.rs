@@ -31,6 +31,8 @@ use crate::storage::{KEY_FILE, Store};
 const MAX_BURST: usize = 512;
 /// The engine's timer resolution.
 const TICK: Duration = Duration::from_millis(5);
+/// A member sponsors only peers connected to it at least this long.
+const SPONSOR_MIN_CONNECTED: Duration = Duration::from_secs(2);
 
 /// The full status of a node, as `/v1/status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -307,6 +309,7 @@ impl Node {
             join_window_ms: config.join_window_ms,
             heartbeat_ms: config.heartbeat_ms.max(1),
             frontier_min_interval_ms: 5,
+            sponsor_min_connected_ms: SPONSOR_MIN_CONNECTED.as_millis() as u64,
         };
         let mut engine = Engine::new(identity.clone(), engine_config).map_err(Error::Config)?;
         let replayed = records.len();
@@ -1154,19 +1157,16 @@ impl Shell {
         effects: &mut Vec<Effect>,
         deferred: &mut Vec<Deferred>,
     ) -> Result<(), Error> {
-        for effect in effects.iter() {
-            match effect {
-                Effect::Persist(record) => self.store.append(record)?,
-                Effect::WipeLog => self.store.wipe()?,
-                _ => {}
-            }
-        }
         let started = Instant::now();
+        if let Err(error) = self.persist(effects) {
+            // Nothing of this iteration is durable: no acknowledgement, no broadcast.
+            self.discard_iteration(effects, deferred);
+            return Err(error);
+        }
         let persisted = effects
             .iter()
             .filter(|e| matches!(e, Effect::Persist(_)))
             .count();
-        self.store.sync()?;
         if persisted > 0 {
             let node = self.status_base.node_label.clone();
             metrics::counter!("p2p_exchange_fsyncs_total", "node" => node.clone()).increment(1);
@@ -1257,6 +1257,41 @@ impl Shell {
         }
         self.answer_rpc();
         Ok(())
+    }
+
+    /// Appends this iteration's records and makes them durable (one fsync). Once the store
+    /// has failed it is never written or synced again.
+    fn persist(&mut self, effects: &[Effect]) -> Result<(), Error> {
+        for effect in effects {
+            match effect {
+                Effect::Persist(record) => self.store.append(record)?,
+                Effect::WipeLog => self.store.wipe()?,
+                _ => {}
+            }
+        }
+        self.store.sync()
+    }
+
+    /// After a storage failure: drops the iteration's effects (nothing is sent or
+    /// broadcast) and answers its clients 503; reads get no answer (the node is stopping).
+    fn discard_iteration(&mut self, effects: &mut Vec<Effect>, deferred: &mut Vec<Deferred>) {
+        effects.clear();
+        let failed = || ClientError {
+            kind: crate::engine::ClientErrorKind::Unavailable,
+            code: "storage_failed",
+            message: "the node's event log failed; the node is shutting down".to_owned(),
+        };
+        for item in deferred.drain(..) {
+            match item {
+                Deferred::One(tx, _) => {
+                    let _ = tx.send(Err(failed()));
+                }
+                Deferred::Many(tx, replies) => {
+                    let _ = tx.send(replies.iter().map(|_| Err(failed())).collect());
+                }
+                Deferred::Read(_) => {}
+            }
+        }
     }
 
     fn latency_percentile(&self, percent: usize) -> Option<f64> {

@@ -4,8 +4,10 @@
 //! Log format: a sequence of records, each `u32 length (LE) | u32 CRC-32 (LE) | payload`,
 //! the payload being the postcard encoding of an [`engine::Record`](crate::engine::Record).
 //! Appends are buffered and made durable together by [`Store::sync`] (group commit: one
-//! fsync per loop iteration). On open, a torn or corrupt tail (a crash mid-write) is cut
-//! off with a warning; everything before it is intact by construction.
+//! fsync per loop iteration). On open, a torn tail (a crash mid-write: no valid record
+//! after the bad point) is cut off with a warning; everything before it is intact by
+//! construction. A bad record followed by a valid one is mid-log corruption: opening fails
+//! with [`Error::CorruptLog`] and the file is left untouched.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{BufReader, BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};
@@ -22,6 +24,9 @@ pub const LOCK_FILE: &str = "LOCK";
 pub const KEY_FILE: &str = "node.key";
 /// The largest record accepted (checked before allocating).
 pub const MAX_RECORD_LEN: usize = peer_protocol::MAX_FRAME_LEN + 4096;
+/// The most bytes after a bad record that are scanned for a valid record; a longer remainder
+/// is never taken for a torn tail.
+const MAX_TORN_TAIL: u64 = 64 << 20;
 
 /// An open, locked data directory.
 #[derive(Debug)]
@@ -31,6 +36,9 @@ pub struct Store {
     log: BufWriter<File>,
     _lock: File,
     dirty: bool,
+    /// Set by the first failed append, sync or wipe: what was buffered may or may not be on
+    /// disk, and a later fsync could "succeed" without it. Every later call fails.
+    failed: bool,
 }
 
 impl Store {
@@ -67,6 +75,7 @@ impl Store {
             .map_err(|e| Error::storage(&log_path, e))?
             .len();
         if good_len < len {
+            check_torn_tail(&mut file, &log_path, good_len, len)?;
             tracing::warn!(
                 path = %log_path.display(),
                 kept = good_len,
@@ -86,6 +95,7 @@ impl Store {
                 log: BufWriter::with_capacity(1 << 16, file),
                 _lock: lock,
                 dirty: false,
+                failed: false,
             },
             records,
         ))
@@ -96,8 +106,42 @@ impl Store {
         &self.dir
     }
 
+    /// Whether an earlier write or sync failed (the store refuses all further work).
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Fails the store for good and drops what is still buffered, so that not even the
+    /// writer's flush on drop puts unacknowledged records into the log.
+    fn mark_failed(&mut self) {
+        self.failed = true;
+        if let Ok(file) = self.log.get_ref().try_clone() {
+            let old = std::mem::replace(&mut self.log, BufWriter::with_capacity(0, file));
+            let (_file, _discarded) = old.into_parts();
+        }
+    }
+
+    fn check_usable(&self) -> Result<(), Error> {
+        if self.failed {
+            return Err(Error::storage(
+                &self.log_path,
+                std::io::Error::other("the event log failed earlier; it is not written again"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Appends a record (buffered; durable after [`Store::sync`]).
     pub fn append(&mut self, record: &Record) -> Result<(), Error> {
+        self.check_usable()?;
+        let result = self.append_inner(record);
+        if matches!(result, Err(Error::Storage { .. })) {
+            self.mark_failed();
+        }
+        result
+    }
+
+    fn append_inner(&mut self, record: &Record) -> Result<(), Error> {
         let payload = postcard::to_allocvec(record)
             .map_err(|e| Error::CorruptLog(format!("cannot encode a record: {e}")))?;
         let len = u32::try_from(payload.len())
@@ -116,11 +160,21 @@ impl Store {
         Ok(())
     }
 
-    /// Makes every appended record durable (flush + fdatasync), if there is any.
+    /// Makes every appended record durable (flush + fdatasync), if there is any. After a
+    /// failure the store is failed for good: fsync is never retried.
     pub fn sync(&mut self) -> Result<(), Error> {
+        self.check_usable()?;
         if !self.dirty {
             return Ok(());
         }
+        let result = self.sync_inner();
+        if result.is_err() {
+            self.mark_failed();
+        }
+        result
+    }
+
+    fn sync_inner(&mut self) -> Result<(), Error> {
         self.log
             .flush()
             .map_err(|e| Error::storage(&self.log_path, e))?;
@@ -134,6 +188,15 @@ impl Store {
 
     /// Erases the log (this node's orderless network lost a genesis merge).
     pub fn wipe(&mut self) -> Result<(), Error> {
+        self.check_usable()?;
+        let result = self.wipe_inner();
+        if result.is_err() {
+            self.mark_failed();
+        }
+        result
+    }
+
+    fn wipe_inner(&mut self) -> Result<(), Error> {
         self.log
             .flush()
             .map_err(|e| Error::storage(&self.log_path, e))?;
@@ -184,6 +247,48 @@ fn read_records(file: &mut File, path: &Path) -> Result<(Vec<Record>, u64), Erro
         good += 8 + len as u64;
     }
     Ok((records, good))
+}
+
+/// Fails with [`Error::CorruptLog`] unless the bytes from `bad` (where the intact prefix
+/// ends) to `len` hold no valid record, i.e. they are a torn tail that may be cut off.
+fn check_torn_tail(file: &mut File, path: &Path, bad: u64, len: u64) -> Result<(), Error> {
+    let rest = len - bad;
+    if rest > MAX_TORN_TAIL {
+        return Err(Error::CorruptLog(format!(
+            "{}: bad record at byte {bad} followed by {rest} more bytes, too many for a torn tail;              refusing to truncate (restore the log or remove it to resync from peers)",
+            path.display()
+        )));
+    }
+    file.seek(SeekFrom::Start(bad))
+        .map_err(|e| Error::storage(path, e))?;
+    // Bounded by MAX_TORN_TAIL, a local file's length (not peer input).
+    let mut tail = Vec::with_capacity(rest as usize);
+    file.take(rest)
+        .read_to_end(&mut tail)
+        .map_err(|e| Error::storage(path, e))?;
+    // The bad record itself starts at 0; look for a valid one starting anywhere after it.
+    for at in 1..tail.len() {
+        if let Some(record_len) = valid_record_at(&tail[at..]) {
+            return Err(Error::CorruptLog(format!(
+                "{}: bad record at byte {bad}, but a valid record of {record_len} bytes follows at byte {};                  refusing to truncate acknowledged records (restore the log or remove it to resync from peers)",
+                path.display(),
+                bad + at as u64
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The length of the valid record (header, checksum, decodable payload) at the start of `bytes`.
+fn valid_record_at(bytes: &[u8]) -> Option<usize> {
+    let header = bytes.get(..8)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len == 0 || len > MAX_RECORD_LEN {
+        return None;
+    }
+    let payload = bytes.get(8..8 + len)?;
+    (crc32(payload) == crc && postcard::from_bytes::<Record>(payload).is_ok()).then_some(8 + len)
 }
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib computes it).
@@ -275,5 +380,62 @@ mod tests {
         }
         drop(store);
         Store::open(dir.path()).expect("free again");
+    }
+
+    /// Review #6: a corrupt record in the middle of the log, followed by intact fsynced
+    /// records, is not a torn tail: opening fails and the file is left as it was.
+    #[test]
+    fn mid_log_corruption_fails_open_without_touching_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut store, _) = Store::open(dir.path()).expect("open");
+            for n in 1..=3 {
+                store.append(&settled(n)).expect("append");
+            }
+            store.sync().expect("sync");
+        }
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let rec = bytes.len() / 3;
+        bytes[rec + 10] ^= 0xff; // a flipped byte in record 2 of 3
+        std::fs::write(&path, &bytes).expect("write");
+        match Store::open(dir.path()) {
+            Err(Error::CorruptLog(message)) => {
+                assert!(message.contains("refusing to truncate"), "{message}");
+            }
+            other => panic!("expected CorruptLog, got {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            bytes,
+            "the log was modified"
+        );
+    }
+
+    /// Review #7: after a failed flush/fsync the store is failed for good: nothing is
+    /// appended, synced or wiped again, even once the disk would work again.
+    #[test]
+    fn a_failed_sync_is_never_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, _) = Store::open(dir.path()).expect("open");
+        store.append(&settled(1)).expect("append");
+        store.sync().expect("sync");
+        // A disk that refuses writes (ENOSPC on every write).
+        let full = OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let good = std::mem::replace(&mut store.log, BufWriter::new(full));
+        store.append(&settled(2)).expect("buffered append");
+        assert!(store.sync().is_err(), "sync to a full disk succeeded");
+        assert!(store.is_failed());
+        // The disk works again: the store still refuses (no fsync retry, no later append).
+        let _ = std::mem::replace(&mut store.log, good);
+        assert!(store.sync().is_err());
+        assert!(store.append(&settled(3)).is_err());
+        assert!(store.wipe().is_err());
+        drop(store);
+        let (_store, records) = Store::open(dir.path()).expect("reopen");
+        assert_eq!(records, vec![settled(1)]);
     }
 }
