@@ -24,7 +24,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
     }
     {
         let _env = prepare(&sh)?;
-        cmd!(sh, "cargo test --workspace --all-features").run()?;
+        // A watchdog: every test waits on conditions with deadlines, but a hang anywhere must
+        // fail the run in bounded time rather than eat CI's whole budget.
+        cmd!(
+            sh,
+            "timeout --kill-after=30 1800 cargo test --workspace --all-features"
+        )
+        .run()?;
     }
 
     // The README's other command, end to end: a 3-node cluster comes up meshed, then a short
