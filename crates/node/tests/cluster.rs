@@ -31,6 +31,17 @@ where
     }
 }
 
+/// `GET url` as JSON (the request and the body must succeed).
+async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
+    http.get(url)
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json")
+}
+
 fn config(dir: &Path, found: bool, bootstrap: Vec<String>) -> Config {
     Config {
         network_id: "cluster-test".to_owned(),
@@ -671,14 +682,7 @@ async fn the_http_api_follows_the_design() {
         async move { http.post(url).json(&body).send().await.expect("request") }
     };
 
-    let health: serde_json::Value = http
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let health: serde_json::Value = get_json(&http, format!("{base}/health")).await;
     assert_eq!(health["status"], "ok");
 
     // Bad input: 4xx with a JSON error, nothing created.
@@ -737,14 +741,7 @@ async fn the_http_api_follows_the_design() {
     assert_eq!(res.status(), 413);
     let err: serde_json::Value = res.json().await.expect("json");
     assert_eq!(err["error"]["code"], "body_too_large");
-    let status: serde_json::Value = http
-        .get(format!("{base}/v1/status"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let status: serde_json::Value = get_json(&http, format!("{base}/v1/status")).await;
     assert_eq!(status["events_delivered"], status["settled_events"]);
     let delivered_before = status["events_delivered"].clone();
 
@@ -770,45 +767,19 @@ async fn the_http_api_follows_the_design() {
     assert_eq!(res.status(), 201);
     cluster.wait_converged().await;
 
-    let order: serde_json::Value = http
-        .get(format!("{base}/v1/orders/{id}"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let order: serde_json::Value = get_json(&http, format!("{base}/v1/orders/{id}")).await;
     assert_eq!(order["status"], "partially_filled");
     assert_eq!(order["filled_quantity"], "0.5000");
     assert_eq!(order["remaining_quantity"], "1.5000");
-    let book: serde_json::Value = http
-        .get(format!("{other}/v1/markets/BTC-USD/book?depth=5"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let book: serde_json::Value =
+        get_json(&http, format!("{other}/v1/markets/BTC-USD/book?depth=5")).await;
     assert_eq!(book["asks"][0], serde_json::json!(["100.50", "1.5000"]));
-    let trades: serde_json::Value = http
-        .get(format!("{other}/v1/markets/BTC-USD/trades?limit=10"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let trades: serde_json::Value =
+        get_json(&http, format!("{other}/v1/markets/BTC-USD/trades?limit=10")).await;
     assert_eq!(trades[0]["price"], "100.50");
     assert_eq!(trades[0]["maker_order_id"], id.as_str());
     assert_eq!(trades[0]["taker_side"], "buy");
-    let markets: serde_json::Value = http
-        .get(format!("{base}/v1/markets"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let markets: serde_json::Value = get_json(&http, format!("{base}/v1/markets")).await;
     assert_eq!(markets[0]["tick_size"], "0.01");
     let res = http
         .get(format!("{base}/v1/markets/NOPE/book"))
@@ -831,14 +802,7 @@ async fn the_http_api_follows_the_design() {
         .expect("req");
     assert_eq!(res.status(), 202);
     cluster.wait_converged().await;
-    let order: serde_json::Value = http
-        .get(format!("{other}/v1/orders/{id}"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let order: serde_json::Value = get_json(&http, format!("{other}/v1/orders/{id}")).await;
     assert_eq!(order["status"], "cancelled");
 
     // The batch endpoint: many orders in one request (bigger than one order's 64 KiB limit),
@@ -864,25 +828,11 @@ async fn the_http_api_follows_the_design() {
     assert_eq!(results[600]["status"], 400);
     assert_eq!(results[600]["error"]["code"], "off_tick");
 
-    let status: serde_json::Value = http
-        .get(format!("{base}/v1/status"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let status: serde_json::Value = get_json(&http, format!("{base}/v1/status")).await;
     assert_eq!(status["peers"], 1);
     assert_eq!(status["members"].as_array().map(Vec::len), Some(2));
     assert!(status["events_delivered"].as_u64() > delivered_before.as_u64());
-    let peers: serde_json::Value = http
-        .get(format!("{base}/v1/peers"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let peers: serde_json::Value = get_json(&http, format!("{base}/v1/peers")).await;
     assert_eq!(peers.as_array().map(Vec::len), Some(1));
     let metrics = http
         .get(format!("{base}/metrics"))
