@@ -3,8 +3,10 @@
 //! One module per command. Child processes are held by guards that kill them on drop, so
 //! nothing an xtask starts outlives it.
 
+mod chaos;
 mod cluster;
 mod coverage;
+mod demo;
 mod docs;
 mod fuzz;
 mod grape;
@@ -29,6 +31,10 @@ enum Command {
     Test(test::Args),
     /// A local N-node exchange on 127.0.0.1, meshed, with its logs followed until Ctrl-C.
     Cluster(cluster::Args),
+    /// A cluster plus example clients trading on every node, with a live summary each second.
+    Demo(demo::Args),
+    /// Real-process fault injection (kill -9, partitions, pauses) with consistency checks.
+    Chaos(chaos::Args),
     /// Drive a cluster through its HTTP API and report throughput, latency and agreement.
     Loadtest(loadtest::Args),
     /// Line coverage per crate with cargo-llvm-cov (installed when missing).
@@ -53,6 +59,8 @@ fn main() -> Result<()> {
         Command::Test(args) => test::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Loadtest(args) => loadtest::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Chaos(args) => chaos::run(args),
         Command::Coverage => coverage::run(),
         Command::Docs { open } => docs::run(open),
         Command::Fuzz { seconds } => fuzz::run(seconds),

@@ -887,10 +887,31 @@ impl Engine {
             | Message::Peers(_)
             | Message::Vote { .. }
             | Message::Goodbye { .. } => return Ok(None),
+            // Messages of later protocol versions are for the transport or the shell.
+            #[allow(unreachable_patterns)]
+            _ => return Ok(None),
         }))
     }
 
     // ---- Restore from the durable log ----------------------------------------------------
+
+    /// Replays one durable record (in log order). `Err` means the log is corrupt.
+    pub fn restore_record(&mut self, record: Record) -> Result<(), String> {
+        match record {
+            Record::Batch(batch) => {
+                let batch = batch
+                    .verify()
+                    .map_err(|e| format!("a stored batch fails verification: {e}"))?;
+                self.restore_batch(batch);
+            }
+            Record::Settled {
+                lamport,
+                origin,
+                seq,
+            } => self.restore_settled((lamport, origin, seq)),
+        }
+        Ok(())
+    }
 
     /// Replays one durable batch (no effects: it is already durable and peers learn it by sync).
     pub fn restore_batch(&mut self, batch: VerifiedBatch) {

@@ -21,7 +21,7 @@ use transport::{TcpNetwork, Transport, TransportEvent};
 
 use crate::config::Config;
 use crate::engine::{
-    ClientError, Effect, Engine, EngineConfig, EngineStatus, Input, OrderView, Record, TradeView,
+    ClientError, Effect, Engine, EngineConfig, EngineStatus, Input, OrderView, TradeView,
 };
 use crate::error::Error;
 use crate::ids::ApiOrderId;
@@ -314,21 +314,7 @@ impl Node {
         let mut engine = Engine::new(identity.clone(), engine_config).map_err(Error::Config)?;
         let replayed = records.len();
         for record in records {
-            match record {
-                Record::Batch(batch) => match batch.verify() {
-                    Ok(batch) => engine.restore_batch(batch),
-                    Err(error) => {
-                        return Err(Error::CorruptLog(format!(
-                            "a stored batch fails verification: {error}"
-                        )));
-                    }
-                },
-                Record::Settled {
-                    lamport,
-                    origin,
-                    seq,
-                } => engine.restore_settled((lamport, origin, seq)),
-            }
+            engine.restore_record(record).map_err(Error::CorruptLog)?;
         }
         engine.finish_restore();
         // The replayed settled state is final; re-persisting it is not needed.

@@ -139,6 +139,7 @@ pub enum GoodbyeReason {
 /// Encoded with postcard: a varint tag (the variant's position, so variants are only ever
 /// appended, never reordered) followed by the fields. See [`encode`] and [`decode`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Message {
     /// Opens the handshake.
     Hello(Hello),
