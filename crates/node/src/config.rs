@@ -53,6 +53,9 @@ pub struct Config {
     pub join_window_ms: u64,
     /// The transport heartbeat interval, in milliseconds.
     pub heartbeat_ms: u64,
+    /// After this much silence a member is suspect and the others vote to evict it, in
+    /// milliseconds (0: never evict).
+    pub evict_after_ms: u64,
 }
 
 /// One market: its name and its tick and lot sizes.
@@ -88,6 +91,7 @@ impl Default for Config {
             found: false,
             join_window_ms: 3000,
             heartbeat_ms: 1000,
+            evict_after_ms: crate::engine::DEFAULT_EVICT_AFTER_MS,
         }
     }
 }

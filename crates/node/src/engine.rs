@@ -78,7 +78,12 @@ pub struct EngineConfig {
     /// A member sponsors (admits) only a peer connected to it for at least this long, so
     /// that short-lived connections cannot collect memberships.
     pub sponsor_min_connected_ms: u64,
+    /// After this much silence a member is suspect and the others vote to evict it (0: never).
+    pub evict_after_ms: u64,
 }
+
+/// The default of [`EngineConfig::evict_after_ms`]: ten seconds of silence.
+pub const DEFAULT_EVICT_AFTER_MS: u64 = 10_000;
 
 /// One input to the engine.
 #[derive(Debug)]

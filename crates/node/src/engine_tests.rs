@@ -30,6 +30,7 @@ fn config(found: bool) -> EngineConfig {
         heartbeat_ms: 100,
         frontier_min_interval_ms: 0,
         sponsor_min_connected_ms: 0,
+        evict_after_ms: 0,
     }
 }
 

@@ -310,6 +310,7 @@ impl Node {
             heartbeat_ms: config.heartbeat_ms.max(1),
             frontier_min_interval_ms: 5,
             sponsor_min_connected_ms: SPONSOR_MIN_CONNECTED.as_millis() as u64,
+            evict_after_ms: config.evict_after_ms,
         };
         let mut engine = Engine::new(identity.clone(), engine_config).map_err(Error::Config)?;
         let replayed = records.len();
