@@ -11,8 +11,8 @@ use anyhow::{Context, Result, bail};
 use p2p_exchange_tests::{get_json, http, wait_for};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -92,36 +92,86 @@ pub(crate) struct Cluster {
     _grapes: Option<crate::grape::Grapes>,
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Stop the nodes first (gracefully, in parallel), then the Grapes.
+impl Cluster {
+    /// Stops every node gracefully (SIGTERM to all, then up to `grace` each before SIGKILL) and
+    /// returns each node's index and exit status (`None` if it was already reaped or could not
+    /// be waited for).
+    pub(crate) fn stop(&mut self, grace: Duration) -> Vec<(u16, Option<ExitStatus>)> {
         for node in &mut self.nodes {
             node.child.terminate();
         }
-        for node in &mut self.nodes {
-            node.child.wait_or_kill(Duration::from_secs(10));
+        self.nodes
+            .iter_mut()
+            .map(|node| (node.index, node.child.wait_or_kill(grace)))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Stop the nodes first (gracefully, in parallel), then the Grapes.
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+/// Where the nodes' output goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Logs {
+    /// Printed on this process's stdout with a `[nodeN]` prefix (`cargo xtask cluster`).
+    Follow,
+    /// Written to `<data root>/nodeN.log`, so this process's stdout stays free (the demo).
+    Files,
+}
+
+/// Where a cluster keeps its files and how its nodes are attached to this process.
+#[derive(Clone, Debug)]
+pub(crate) struct Layout {
+    /// The folder holding one data directory per node (`node1`, `node2`, ...).
+    pub data_root: PathBuf,
+    /// Where the nodes' output goes.
+    pub logs: Logs,
+    /// Start every node in its own process group, so a Ctrl-C in the terminal reaches only
+    /// xtask, which then stops the nodes itself when it is ready to (they still exit with it).
+    pub own_process_group: bool,
+}
+
+impl Layout {
+    /// The layout of `cargo xtask cluster`: `target/cluster/<base port>/`, logs followed.
+    pub(crate) fn cluster(base_port: u16) -> Layout {
+        // One folder per base port, so a load test (another base port) never wipes or shares
+        // the data of a running `cargo xtask cluster`.
+        Layout {
+            data_root: crate::project_root()
+                .join("target/cluster")
+                .join(base_port.to_string()),
+            logs: Logs::Follow,
+            own_process_group: false,
         }
     }
 }
 
-/// Builds the binary and starts a meshed cluster as `args` says.
+/// Builds the binary and starts a meshed cluster as `args` says, in the layout of
+/// `cargo xtask cluster`.
 pub(crate) fn start(args: &Args) -> Result<Cluster> {
+    start_in(args, &Layout::cluster(args.base_port))
+}
+
+/// Builds the binary and starts a meshed cluster as `args` says, with its files where `layout`
+/// says.
+pub(crate) fn start_in(args: &Args, layout: &Layout) -> Result<Cluster> {
     let n = args.nodes;
     if n == 0 {
         bail!("a cluster needs at least one node");
     }
     let sh = Shell::new()?;
-    let root = crate::project_root();
-    sh.change_dir(&root);
+    sh.change_dir(crate::project_root());
     let binary = build_binary(&sh, !args.debug)?;
-    // One folder per base port, so a load test (another base port) never wipes or shares the
-    // data of a running `cargo xtask cluster`.
-    let data_root = root.join("target/cluster").join(args.base_port.to_string());
+    let data_root = &layout.data_root;
     if args.fresh && data_root.exists() {
-        std::fs::remove_dir_all(&data_root)
+        std::fs::remove_dir_all(data_root)
             .with_context(|| format!("wiping {}", data_root.display()))?;
     }
-    std::fs::create_dir_all(&data_root)?;
+    std::fs::create_dir_all(data_root)?;
 
     let grapes = if args.grenache {
         let dir = crate::grape::ensure_installed(&sh)?;
@@ -137,71 +187,115 @@ pub(crate) fn start(args: &Args) -> Result<Cluster> {
     let started = Instant::now();
     let mut nodes = Vec::new();
     for i in 1..=n {
-        let p2p_port = args.base_port + i - 1;
-        let api_port = p2p_port + 5000;
-        let p2p: SocketAddr = ([127, 0, 0, 1], p2p_port).into();
-        let api: SocketAddr = ([127, 0, 0, 1], api_port).into();
-        let data_dir = data_root.join(format!("node{i}"));
-        let mut command = Command::new(&binary);
-        command
-            .arg("node")
-            .env("P2P_HOST", "127.0.0.1")
-            .env("P2P_PORT", p2p_port.to_string())
-            .env("API_HOST", "127.0.0.1")
-            .env("API_PORT", api_port.to_string())
-            .env("DATA_DIR", &data_dir)
-            .env("EXIT_WITH_PARENT", "1")
-            .env("DISCOVERY_MDNS", if args.mdns { "true" } else { "false" })
-            .env("MDNS_INTERFACES", "lo")
-            .env(
-                "DISCOVERY_GRENACHE",
-                if args.grenache { "true" } else { "false" },
-            )
-            .env("GRAPE_URL", "http://127.0.0.1:30001")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let discovered = args.mdns || args.grenache;
-        if i == 1 {
-            command.env("FOUND", "true");
-        } else if !discovered {
-            command.env("BOOTSTRAP_PEERS", format!("127.0.0.1:{}", args.base_port));
-        }
-        let mut child = ChildGuard::spawn(command).with_context(|| format!("starting node{i}"))?;
-        follow_logs(i, &mut child);
-        wait_for(Duration::from_secs(20), "/health", || {
-            Ok(http(api, "GET", "/health", None)?.0 == 200)
-        })
-        .with_context(|| format!("node{i} did not answer /health at http://{api}"))?;
-        let status = status(api)?;
-        let node_id = status["node_id"].as_str().unwrap_or_default().to_owned();
-        nodes.push(ClusterNode {
-            index: i,
-            p2p,
-            api,
-            node_id,
-            child,
-        });
+        nodes.push(spawn_node(&binary, args, layout, i)?);
     }
-    let expected = usize::from(n);
-    wait_for(Duration::from_secs(30), "every node meshed", || {
-        Ok(nodes.iter().all(|node| {
-            status(node.api).is_ok_and(|s| {
-                s["peers"].as_u64() == Some(expected as u64 - 1)
-                    && s["members"].as_array().map(Vec::len) == Some(expected)
-            })
-        }))
-    })
-    .context("the cluster did not mesh (every node seeing N-1 peers and N members)")?;
+    wait_meshed(&nodes, Duration::from_secs(30))?;
     Ok(Cluster {
         nodes,
         binary,
         meshed_in: started.elapsed(),
         _grapes: grapes,
     })
+}
+
+/// Starts node `i` (from 1) of the cluster `args` describes and waits until it answers
+/// `/health`: node 1 founds the network, the others bootstrap from it (unless mDNS or Grenache
+/// discovery is on).
+pub(crate) fn spawn_node(
+    binary: &Path,
+    args: &Args,
+    layout: &Layout,
+    i: u16,
+) -> Result<ClusterNode> {
+    let p2p_port = args
+        .base_port
+        .checked_add(i - 1)
+        .filter(|p| p.checked_add(5000).is_some())
+        .with_context(|| {
+            format!(
+                "node{i}: the ports from --base-port {} overflow",
+                args.base_port
+            )
+        })?;
+    let api_port = p2p_port + 5000;
+    let p2p: SocketAddr = ([127, 0, 0, 1], p2p_port).into();
+    let api: SocketAddr = ([127, 0, 0, 1], api_port).into();
+    let data_dir = layout.data_root.join(format!("node{i}"));
+    let mut command = Command::new(binary);
+    command
+        .arg("node")
+        .env("P2P_HOST", "127.0.0.1")
+        .env("P2P_PORT", p2p_port.to_string())
+        .env("API_HOST", "127.0.0.1")
+        .env("API_PORT", api_port.to_string())
+        .env("DATA_DIR", &data_dir)
+        .env("EXIT_WITH_PARENT", "1")
+        .env("DISCOVERY_MDNS", if args.mdns { "true" } else { "false" })
+        .env("MDNS_INTERFACES", "lo")
+        .env(
+            "DISCOVERY_GRENACHE",
+            if args.grenache { "true" } else { "false" },
+        )
+        .env("GRAPE_URL", "http://127.0.0.1:30001")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    match layout.logs {
+        Logs::Follow => {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        Logs::Files => {
+            let path = layout.data_root.join(format!("node{i}.log"));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            command.stdout(file.try_clone()?).stderr(file);
+        }
+    }
+    if layout.own_process_group {
+        use std::os::unix::process::CommandExt as _;
+        command.process_group(0);
+    }
+    let discovered = args.mdns || args.grenache;
+    if i == 1 {
+        command.env("FOUND", "true");
+    } else if !discovered {
+        command.env("BOOTSTRAP_PEERS", format!("127.0.0.1:{}", args.base_port));
+    }
+    let mut child = ChildGuard::spawn(command).with_context(|| format!("starting node{i}"))?;
+    if layout.logs == Logs::Follow {
+        follow_logs(i, &mut child);
+    }
+    wait_for(Duration::from_secs(20), "/health", || {
+        Ok(http(api, "GET", "/health", None)?.0 == 200)
+    })
+    .with_context(|| format!("node{i} did not answer /health at http://{api}"))?;
+    let status = status(api)?;
+    let node_id = status["node_id"].as_str().unwrap_or_default().to_owned();
+    Ok(ClusterNode {
+        index: i,
+        p2p,
+        api,
+        node_id,
+        child,
+    })
+}
+
+/// Waits until every node sees all the others as peers and as members.
+pub(crate) fn wait_meshed(nodes: &[ClusterNode], timeout: Duration) -> Result<()> {
+    let expected = nodes.len() as u64;
+    wait_for(timeout, "every node meshed", || {
+        Ok(nodes.iter().all(|node| {
+            status(node.api).is_ok_and(|s| {
+                s["peers"].as_u64() == Some(expected - 1)
+                    && s["members"].as_array().map(|m| m.len() as u64) == Some(expected)
+            })
+        }))
+    })
+    .context("the cluster did not mesh (every node seeing N-1 peers and N members)")
 }
 
 /// `GET /v1/status` of the node at `api`, as JSON.
@@ -234,7 +328,8 @@ fn follow_logs(index: u16, child: &mut ChildGuard) {
     }
 }
 
-fn print_table(cluster: &Cluster) {
+/// Prints the node table, how long meshing took and the CLI lines to place a crossing pair.
+pub(crate) fn print_table(cluster: &Cluster) {
     let nodes = &cluster.nodes;
     println!();
     println!(

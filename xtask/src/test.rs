@@ -45,6 +45,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
         "cargo xtask loadtest --debug --nodes 3 --base-port 5400 --duration 3 --rate 300 --concurrency 16"
     )
     .run()?;
+    // The demo's example clients trade on every node; it fails without a trade or on any
+    // digest disagreement.
+    cmd!(
+        sh,
+        "cargo xtask demo --check --debug --base-port 5500 --duration 5"
+    )
+    .run()?;
     Ok(())
 }
 
