@@ -245,6 +245,9 @@ pub struct NodeArgs {
     /// Transport heartbeat interval in ms [env: HEARTBEAT_MS] [default: 1000]
     #[arg(long, value_name = "MS")]
     pub heartbeat_ms: Option<u64>,
+    /// Silence after which members vote to evict a member, in ms; 0 never evicts [env: EVICT_AFTER_MS] [default: 10000]
+    #[arg(long, value_name = "MS")]
+    pub evict_after_ms: Option<u64>,
     /// Log format, text or json [env: LOG_FORMAT] [default: text]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -285,6 +288,7 @@ impl NodeArgs {
             ("found", text(&self.found)),
             ("join_window_ms", text(&self.join_window_ms)),
             ("heartbeat_ms", text(&self.heartbeat_ms)),
+            ("evict_after_ms", text(&self.evict_after_ms)),
             ("log_format", text(&self.log_format)),
             ("rust_log", text(&self.rust_log)),
         ]

@@ -41,6 +41,7 @@ pub const ENV_VARS: &[&str] = &[
     "FOUND",
     "JOIN_WINDOW_MS",
     "HEARTBEAT_MS",
+    "EVICT_AFTER_MS",
     "LOG_FORMAT",
     "RUST_LOG",
 ];
@@ -94,6 +95,9 @@ pub struct Settings {
     pub join_window_ms: u64,
     /// Transport heartbeat interval in milliseconds.
     pub heartbeat_ms: u64,
+    /// Silence after which the other members vote to evict a member, in
+    /// milliseconds (0: never evict).
+    pub evict_after_ms: u64,
     /// Log line format.
     pub log_format: LogFormat,
     /// `tracing` filter directives; `None` means `info`.
@@ -132,6 +136,7 @@ impl Default for Settings {
             found: node.found,
             join_window_ms: node.join_window_ms,
             heartbeat_ms: node.heartbeat_ms,
+            evict_after_ms: node.evict_after_ms,
             log_format: LogFormat::Text,
             rust_log: None,
         }
@@ -227,6 +232,7 @@ impl Settings {
         config.found = self.found;
         config.join_window_ms = self.join_window_ms;
         config.heartbeat_ms = self.heartbeat_ms;
+        config.evict_after_ms = self.evict_after_ms;
         config
     }
 }
@@ -645,6 +651,7 @@ mod tests {
             ("FOUND", "1"),
             ("JOIN_WINDOW_MS", "10"),
             ("HEARTBEAT_MS", "20"),
+            ("EVICT_AFTER_MS", "0"),
             ("LOG_FORMAT", "json"),
             ("RUST_LOG", "warn"),
         ])
@@ -673,10 +680,11 @@ mod tests {
         assert!(config.found);
         assert_eq!(config.join_window_ms, 10);
         assert_eq!(config.heartbeat_ms, 20);
+        assert_eq!(config.evict_after_ms, 0, "0 disables eviction");
         assert_eq!(settings.log_format, LogFormat::Json);
         assert_eq!(settings.rust_log.as_deref(), Some("warn"));
         // Every variable was used above.
-        assert_eq!(ENV_VARS.len(), 21);
+        assert_eq!(ENV_VARS.len(), 22);
     }
 
     /// `.env.example` lists every setting once, and loading it as the

@@ -33,6 +33,7 @@ const VARS: &[&str] = &[
     "FOUND",
     "JOIN_WINDOW_MS",
     "HEARTBEAT_MS",
+    "EVICT_AFTER_MS",
     "LOG_FORMAT",
     "RUST_LOG",
     "API_URL",

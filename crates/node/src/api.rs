@@ -497,7 +497,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     let mut text = state.metrics.handle.render();
     if let Ok(status) = state.node.status().await {
         let e = &status.engine;
-        let gauges: [(&str, &str, u64); 8] = [
+        let gauges: [(&str, &str, u64); 16] = [
             ("p2p_exchange_peers", "connected peers", status.peers as u64),
             (
                 "p2p_exchange_members",
@@ -529,6 +529,42 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
                 "p2p_exchange_digest_mismatches",
                 "digest mismatches at the same position",
                 e.digest_mismatches,
+            ),
+            (
+                "p2p_exchange_epoch",
+                "membership changes applied at settled positions",
+                e.epoch,
+            ),
+            (
+                "p2p_exchange_suspects",
+                "members this node suspects of being gone",
+                e.suspects.len() as u64,
+            ),
+            ("p2p_exchange_evictions", "evictions applied", e.evictions),
+            (
+                "p2p_exchange_eviction_votes",
+                "eviction votes held",
+                e.votes.len() as u64,
+            ),
+            (
+                "p2p_exchange_settlement_lag",
+                "lamport clock minus settled lamport",
+                e.settlement_lag,
+            ),
+            (
+                "p2p_exchange_stalled_ms",
+                "milliseconds settlement has not advanced while events are pending",
+                e.stalled_ms,
+            ),
+            (
+                "p2p_exchange_waiting_for",
+                "members whose frontier holds settlement back",
+                e.waiting_for.len() as u64,
+            ),
+            (
+                "p2p_exchange_equivocations",
+                "equivocating eviction votes and conflicting eviction decisions",
+                e.equivocations,
             ),
         ];
         for (name, help, value) in gauges {

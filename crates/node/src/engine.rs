@@ -13,6 +13,65 @@
 //! every other effect. Nothing leaves the node before what it depends on is
 //! durable: an acknowledged order is on disk, and a frontier a peer receives
 //! never covers events this node could forget in a crash.
+//!
+//! # Eviction and rejoin
+//!
+//! A silent member stalls settlement; a majority of the members may evict it. The rules:
+//!
+//! 1. `epoch` counts membership changes applied at settled positions (Join, Leave, Evict),
+//!    0 at genesis, rebuilt by replay. `incarnation[m]` is the epoch at which `m` became a
+//!    member (the founder: 0). A vote is about the key `(target, incarnation[target])`, carried
+//!    in the `epoch` field of votes and `Evict` events.
+//! 2. Failure detector: `last_heard[m]` is the engine time of the last new event or frontier of
+//!    `m` (direct or relayed), or of any message or connection from `m` itself. An idle
+//!    member only repeats its frontier: with eviction on, a repeat counts (and is relayed) once
+//!    per heartbeat, so members that are not its neighbours hear it too. `last_heard` is reset
+//!    when this node or `m` becomes a member and at the first tick after a restore.
+//!    `m` is *suspect* when silent for [`EngineConfig::evict_after_ms`] (0: never). Only
+//!    members vote, and only in networks of at least three members.
+//! 3. On suspecting `m` a member asks every peer for `m`'s events (`SyncRequest`) and votes no
+//!    earlier than [`VOTE_FETCH_MS`] later; if other votes name a higher `last_seq` than it
+//!    holds, it fetches from those voters first. It votes `last_seq = delivered(m)`, once per
+//!    key, ever: [`Record::Vote`] is persisted before the vote leaves, and a restarted node
+//!    re-sends its stored vote instead of casting a new one.
+//! 4. Votes are kept only for current members as voter and target (voter ≠ target) and the
+//!    target's current incarnation. A second, different vote of one voter for one key is
+//!    equivocation: the first stays, it is counted, and the sender is flagged if it is the voter.
+//!    New votes are relayed; votes for still-suspect targets are re-broadcast every
+//!    [`VOTE_REBROADCAST_MS`].
+//! 5. When votes of a majority of the current members (`> members / 2`) agree on one
+//!    `last_seq = N`, a member that is not the target, *still suspects it*, holds its events up
+//!    to `N` and has settled none of its events after `N` creates
+//!    `Evict { target, last_seq: N, epoch, votes }` (votes sorted by voter), unless it already
+//!    delivered one for that key. Duplicates are harmless.
+//! 6. Delivering a valid `Evict` (target a member of that incarnation, not its creator; votes
+//!    of distinct members other than the target, a majority, signatures valid) records the cut
+//!    `N` (a second decision with another `N` is an error, counted, never applied). The
+//!    target's unsettled events after `N` leave the log (their orders are `rejected` with
+//!    [`EVICTED_REASON`]) and later ones are dropped on arrival. The target no longer holds
+//!    settlement back once this node holds its events up to `N`. An `Evict` not yet checkable
+//!    (membership behind) waits in a small list, re-checked as membership changes.
+//! 7. At the `Evict`'s settled position (if no cut was recorded at delivery, it is checked
+//!    against the settled membership first): if the target is still a member of that
+//!    incarnation and the recorded cut is this `N`, it is removed, `epoch += 1`,
+//!    `evictions += 1`; otherwise nothing happens.
+//! 8. The evicted node learns the `Evict` by sync like any event: it cuts its own events alike
+//!    (its pending orders after `N` become `rejected`), keeps its seq counter, stops taking
+//!    orders ([`Phase::Joining`]) and asks to join again.
+//! 9. A returning node gets a new `Join { member, first_seq }` whose `first_seq` is one past
+//!    the highest seq it reported for itself in its `NetworkInfo` (or that the sponsor holds).
+//!    Delivering it sets the member's delivered seq to at least `first_seq - 1` (the range
+//!    between the cut and `first_seq` stays cut) and its events resume at `first_seq`.
+//! 10. A node back within `evict_after_ms` (a quick restart) is simply caught up. A
+//!     (re)connecting member is not suspect any more, so stale votes are not acted on.
+//!
+//! Known limits: votes are never withdrawn and settlement does not wait for them, so an
+//! eviction decided while a partition heals can cut an event that a node (typically the
+//! target itself) already settled; that node then diverges, which its digest gossip reports.
+//! A decision taken while the target was unreachable is normally safe: the target trusts no
+//! new frontier of a deciding member before it has delivered that member's `Evict`. A relay
+//! can keep a dead member looking alive by replaying its last frontier (a liveness, not a
+//! safety, issue).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,7 +81,7 @@ use orderbook_core::{
     Side, TimeInForce,
 };
 use peer_protocol::{
-    Event, EventBody, GoodbyeReason, Identity, Message, NodeId, PlaceOrder, SignedBatch,
+    Event, EventBody, GoodbyeReason, Identity, Message, NodeId, PlaceOrder, Signature, SignedBatch,
     SignedFrontier, VerifiedBatch, VerifiedFrontier,
 };
 use rust_decimal::Decimal;
@@ -59,6 +118,18 @@ const DIGEST_INTERVAL_MS: u64 = 1000;
 const JOIN_RETRY_MS: u64 = 1000;
 const GAP_SYNC_MIN_MS: u64 = 100;
 const MAX_CLIENT_ORDER_ID_LEN: usize = peer_protocol::MAX_CLIENT_ORDER_ID_LEN;
+/// After a member becomes suspect (and this node asked every peer for its events), this node
+/// waits this long for the answers before it votes.
+pub const VOTE_FETCH_MS: u64 = 1000;
+/// Stored votes for still-suspect targets are re-broadcast this often (a member that connects
+/// late gets them).
+pub const VOTE_REBROADCAST_MS: u64 = 2000;
+/// At most this often a voter-to-be asks the voters holding more of a target's events for them.
+const VOTE_FETCH_RETRY_MS: u64 = 250;
+/// Most delivered `Evict` events kept while they are not yet checkable.
+const MAX_PENDING_EVICTS: usize = 64;
+/// Why an order is rejected when its node was evicted before the order settled.
+pub const EVICTED_REASON: &str = "its node was evicted before the order settled";
 
 /// The engine's fixed parameters.
 #[derive(Debug, Clone)]
@@ -173,6 +244,20 @@ pub enum PeerInput {
     },
     /// The peer (whose signature over the join transcript was checked) asks to be admitted.
     JoinRequest,
+    /// A member's vote to evict another (its signature already checked; the sender may be a
+    /// relay, not the voter).
+    Vote {
+        /// The member voting (the signer).
+        voter: NodeId,
+        /// The member to evict.
+        target: NodeId,
+        /// The target's incarnation (the epoch at which it became a member).
+        epoch: u64,
+        /// The target's last valid `seq` in the voter's view.
+        last_seq: u64,
+        /// The voter's signature over [`peer_protocol::vote_transcript`].
+        signature: Signature,
+    },
 }
 
 /// A durable record of the event log.
@@ -188,6 +273,16 @@ pub enum Record {
         origin: NodeId,
         /// The key's seq.
         seq: u64,
+    },
+    /// This node voted to evict `target` (incarnation `epoch`) at `last_seq`: persisted before
+    /// the vote leaves, so a restarted node re-sends it and never casts a second, different one.
+    Vote {
+        /// The member voted against.
+        target: NodeId,
+        /// Its incarnation.
+        epoch: u64,
+        /// Its last valid `seq` in this node's vote.
+        last_seq: u64,
     },
 }
 
@@ -408,6 +503,23 @@ pub struct EngineStatus {
     pub digest_mismatches: u64,
     /// The per-origin delivered clock (hex -> seq).
     pub clock: BTreeMap<String, u64>,
+    /// Membership changes (joins, leaves, evictions) applied at settled positions.
+    pub epoch: u64,
+    /// Members this node suspects (silent for `evict_after_ms`), hex.
+    pub suspects: Vec<String>,
+    /// Evictions applied.
+    pub evictions: u64,
+    /// The eviction votes held, as `voter>target@incarnation:last_seq` (short ids).
+    pub votes: Vec<String>,
+    /// Evicted origins (hex) -> their last valid seq: later events of theirs are cut.
+    pub cut: BTreeMap<String, u64>,
+    /// This node's lamport minus the settled lamport.
+    pub settlement_lag: u64,
+    /// How long settlement has not advanced while events are pending (0 when nothing is).
+    pub stalled_ms: u64,
+    /// Equivocating votes seen (a second, different vote of one voter for one target) and
+    /// conflicting eviction decisions (another `last_seq` for a decided target).
+    pub equivocations: u64,
 }
 
 #[derive(Debug, Default)]
@@ -424,6 +536,10 @@ struct OriginState {
     pending_frontier: Option<(u64, u64)>,
     /// Highest announced frontier lamport seen (trusted or not), for dedup.
     announced: u64,
+    /// Highest seq of the origin's events settled here.
+    settled: u64,
+    /// When a frontier of the origin was last taken as a sign of life (and relayed).
+    alive_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -449,6 +565,42 @@ struct PeerState {
     last_sync_served_ms: Option<u64>,
     /// When the peer connected (engine time).
     connected_ms: u64,
+    /// The highest seq of its own events the peer reported (in its last `NetworkInfo`).
+    own_seq: u64,
+}
+
+/// An eviction decision as delivered: the target's events after `last_seq` (and before
+/// `resume`, the first seq of its next membership, once a rejoin is delivered) are cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cut {
+    /// The target's incarnation the decision was about.
+    incarnation: u64,
+    /// The target's last valid seq.
+    last_seq: u64,
+    /// The first seq of the target's next membership, once its `Join` is delivered.
+    resume: Option<u64>,
+}
+
+impl Cut {
+    fn drops(&self, seq: u64) -> bool {
+        seq > self.last_seq && self.resume.is_none_or(|resume| seq < resume)
+    }
+}
+
+/// A member this node suspects: silent since `since_ms`.
+#[derive(Debug, Clone, Copy)]
+struct Suspect {
+    since_ms: u64,
+    last_fetch_ms: Option<u64>,
+}
+
+/// What checking a delivered `Evict` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EvictCheck {
+    Valid,
+    /// Maybe valid once more of the log settles here (the target's or a voter's `Join`).
+    NotYet,
+    Invalid(&'static str),
 }
 
 /// The replicated log, membership, settlement and matching of one node.
@@ -503,6 +655,27 @@ pub struct Engine {
     last_join_ms: Option<u64>,
     join_cursor: usize,
     announce_info: bool,
+    // Eviction.
+    /// Membership changes applied at settled positions.
+    epoch: u64,
+    /// Member -> the epoch at which it became a member (the founder: 0).
+    incarnation: BTreeMap<NodeId, u64>,
+    evictions: u64,
+    equivocations: u64,
+    /// Member -> engine time of the last new event or frontier of it.
+    last_heard: BTreeMap<NodeId, u64>,
+    suspects: BTreeMap<NodeId, Suspect>,
+    /// (target, incarnation) -> voter -> (last_seq, signature); only current members.
+    votes: BTreeMap<(NodeId, u64), BTreeMap<NodeId, (u64, Signature)>>,
+    /// This node's own votes, ever (persisted as [`Record::Vote`]).
+    my_votes: BTreeMap<(NodeId, u64), u64>,
+    cuts: BTreeMap<NodeId, Cut>,
+    /// Delivered `Evict` events not yet checkable, with the epoch they were last checked at.
+    pending_evicts: Vec<Event>,
+    pending_evicts_checked: u64,
+    last_vote_broadcast_ms: Option<u64>,
+    /// (settled events, engine time) when settlement last advanced or nothing was pending.
+    progress: (u64, u64),
 }
 
 /// Whether a periodic action last done at `last` is due at `now` (and marks it done).
@@ -584,6 +757,19 @@ impl Engine {
             last_join_ms: None,
             join_cursor: 0,
             announce_info: false,
+            epoch: 0,
+            incarnation: BTreeMap::new(),
+            evictions: 0,
+            equivocations: 0,
+            last_heard: BTreeMap::new(),
+            suspects: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            my_votes: BTreeMap::new(),
+            cuts: BTreeMap::new(),
+            pending_evicts: Vec::new(),
+            pending_evicts_checked: 0,
+            last_vote_broadcast_ms: None,
+            progress: (0, 0),
             config,
         })
     }
@@ -616,10 +802,11 @@ impl Engine {
             } else {
                 Phase::Fresh
             }
-        } else if self.members.contains(&self.me) {
+        } else if self.members.contains(&self.me) && !self.cut_active(&self.me) {
             Phase::Member
         } else {
-            // Also a node that left: it asks to be admitted again.
+            // Also a node that left, or one that learned of its own eviction: it asks to be
+            // admitted again.
             Phase::Joining
         }
     }
@@ -651,16 +838,51 @@ impl Engine {
     /// Whether a batch of `origin` ending at `last_seq` would add anything (lets the
     /// shell skip verifying duplicates, which flooding produces a lot of).
     pub fn wants_batch(&self, origin: &NodeId, last_seq: u64) -> bool {
-        last_seq > self.origins.get(origin).map_or(0, |st| st.delivered)
+        let delivered = self.origins.get(origin).map_or(0, |st| st.delivered);
+        // Events after an eviction's cut are honest copies nobody applies: skip them unverified.
+        let cut = self
+            .cuts
+            .get(origin)
+            .is_some_and(|cut| cut.drops(delivered.saturating_add(1)));
+        last_seq > delivered && !cut
+    }
+
+    /// Whether a vote adds anything (lets the shell skip verifying the copies flooding brings).
+    pub fn wants_vote(&self, voter: &NodeId, target: &NodeId, epoch: u64, last_seq: u64) -> bool {
+        self.votes
+            .get(&(*target, epoch))
+            .and_then(|votes| votes.get(voter))
+            .is_none_or(|(seq, _)| *seq != last_seq)
+    }
+
+    /// The number of membership changes applied at settled positions (0 at genesis).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The number of evictions applied.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
     }
 
     /// Whether a frontier of `origin` at `lamport` is news (the shell skips verifying old ones).
+    ///
+    /// With eviction on, an idle member's repeated frontier is also news once per heartbeat:
+    /// relayed, it tells members that are not its neighbours that it is alive.
     pub fn wants_frontier(&self, origin: &NodeId, lamport: u64) -> bool {
         *origin != self.me
-            && self
-                .origins
-                .get(origin)
-                .is_none_or(|st| lamport > st.announced)
+            && self.origins.get(origin).is_none_or(|st| {
+                lamport > st.announced
+                    || (lamport == st.announced && self.repeat_is_news(origin, st))
+            })
+    }
+
+    fn repeat_is_news(&self, origin: &NodeId, st: &OriginState) -> bool {
+        self.config.evict_after_ms > 0
+            && self.members.contains(origin)
+            && st
+                .alive_ms
+                .is_none_or(|at| self.now_ms.saturating_sub(at) >= self.config.heartbeat_ms.max(1))
     }
 
     /// The settled book of a market.
@@ -710,14 +932,23 @@ impl Engine {
     }
 
     /// The current settled frontier: min over members of their trusted frontier.
+    ///
+    /// A member cut by a delivered eviction no longer counts once this node holds its events
+    /// up to the cut (nothing of it is still to come). A returning member whose rejoin is
+    /// delivered counts from its `Join` on, like any newcomer.
     pub fn settled_frontier(&self) -> Option<u64> {
-        let members = self.members.iter().map(|m| self.frontier_of(m)).min()?;
+        let members = self
+            .members
+            .iter()
+            .filter(|m| !self.excluded(m))
+            .map(|m| self.frontier_of(m))
+            .min()?;
         // A node admitted by a delivered, unsettled Join counts from the Join's lamport on:
         // its honest events are all above it (review #4).
         let joining = self
             .pending_joins
             .iter()
-            .filter(|(_, m)| !self.members.contains(m))
+            .filter(|(_, m)| !self.members.contains(m) || self.excluded(m))
             .map(|(&(lamport, _, _), m)| {
                 let trusted = self.origins.get(m).map_or(0, |st| st.trusted);
                 lamport.max(trusted)
@@ -756,6 +987,32 @@ impl Engine {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
+            epoch: self.epoch,
+            suspects: self.suspects.keys().map(|m| m.to_string()).collect(),
+            evictions: self.evictions,
+            votes: self
+                .votes
+                .iter()
+                .flat_map(|((target, epoch), votes)| {
+                    votes.iter().map(move |(voter, (last_seq, _))| {
+                        format!("{}>{}@{epoch}:{last_seq}", voter.short(), target.short())
+                    })
+                })
+                .collect(),
+            cut: self
+                .cuts
+                .iter()
+                .map(|(origin, cut)| (origin.to_string(), cut.last_seq))
+                .collect(),
+            settlement_lag: self
+                .clock
+                .saturating_sub(self.settled_key.map_or(0, |k| k.0)),
+            stalled_ms: if self.unsettled.is_empty() {
+                0
+            } else {
+                self.now_ms.saturating_sub(self.progress.1)
+            },
+            equivocations: self.equivocations,
         }
     }
 
@@ -771,6 +1028,12 @@ impl Engine {
                 out.push(Effect::Reply { request, reply });
             }
             Input::Connected { peer } => {
+                // A (re)connected member is alive: not suspect any more, so stale votes against
+                // it are not acted on (votes are never withdrawn).
+                if self.members.contains(&peer) {
+                    self.last_heard.insert(peer, self.now_ms);
+                    self.suspects.remove(&peer);
+                }
                 self.peers.insert(
                     peer,
                     PeerState {
@@ -802,7 +1065,15 @@ impl Engine {
             Input::Disconnected { peer } => {
                 self.peers.remove(&peer);
             }
-            Input::Peer { from, message } => self.on_peer(from, message, out),
+            Input::Peer { from, message } => {
+                // Any message over the authenticated link proves the sender alive (an idle
+                // member's repeated heartbeat frontier is skipped before it gets here, but its
+                // digest gossip is not).
+                if self.members.contains(&from) {
+                    self.last_heard.insert(from, self.now_ms);
+                }
+                self.on_peer(from, message, out);
+            }
             Input::Tick { now_ms } => self.on_tick(now_ms, out),
             Input::Flush { now_ms } => self.flush(now_ms, out),
         }
@@ -884,13 +1155,38 @@ impl Engine {
                     .map_err(|_| "bad join request signature".to_owned())?;
                 PeerInput::JoinRequest
             }
+            Message::Vote {
+                voter,
+                target,
+                epoch,
+                last_seq,
+                signature,
+            } => {
+                if !self.wants_vote(&voter, &target, epoch, last_seq) {
+                    return Ok(None);
+                }
+                let transcript = peer_protocol::vote_transcript(
+                    &self.config.network_id,
+                    &target,
+                    epoch,
+                    last_seq,
+                );
+                peer_protocol::verify(&voter, &transcript, &signature)
+                    .map_err(|_| "bad vote signature".to_owned())?;
+                PeerInput::Vote {
+                    voter,
+                    target,
+                    epoch,
+                    last_seq,
+                    signature,
+                }
+            }
             Message::Hello(_)
             | Message::HelloAck(_)
             | Message::Ping { .. }
             | Message::Pong { .. }
             | Message::GetPeers
             | Message::Peers(_)
-            | Message::Vote { .. }
             | Message::Goodbye { .. } => return Ok(None),
             // Messages of later protocol versions are for the transport or the shell.
             #[allow(unreachable_patterns)]
@@ -914,6 +1210,13 @@ impl Engine {
                 origin,
                 seq,
             } => self.restore_settled((lamport, origin, seq)),
+            Record::Vote {
+                target,
+                epoch,
+                last_seq,
+            } => {
+                self.my_votes.insert((target, epoch), last_seq);
+            }
         }
         Ok(())
     }
@@ -961,6 +1264,9 @@ impl Engine {
         // Never announce less than we may already have announced before a restart: every
         // frontier we sent was durable, so the replayed clock covers it.
         self.last_frontier = (own.0, 0);
+        // Replay ran at engine time 0: every member counts as heard at the first tick.
+        self.last_heard.clear();
+        self.suspects.clear();
     }
 
     // ---- Client commands ---------------------------------------------------------------
@@ -1276,6 +1582,10 @@ impl Engine {
             });
         }
         self.maybe_announce(now_ms, true, out);
+        if self.unsettled.is_empty() || self.settled_events != self.progress.0 {
+            self.progress = (self.settled_events, now_ms);
+        }
+        self.detect_failures(now_ms, out);
     }
 
     fn found(&mut self, out: &mut Vec<Effect>) {
@@ -1424,6 +1734,13 @@ impl Engine {
             } => self.on_digest(from, settled_events, digest),
             PeerInput::JoinRequest => self.on_join_request(from, out),
             PeerInput::NetworkInfo { .. } => {}
+            PeerInput::Vote {
+                voter,
+                target,
+                epoch,
+                last_seq,
+                signature,
+            } => self.on_vote(from, voter, target, epoch, last_seq, signature, out),
         }
     }
 
@@ -1462,6 +1779,7 @@ impl Engine {
         let peer = self.peers.entry(from).or_default();
         peer.genesis = Some(genesis);
         peer.member = members.contains(&from);
+        peer.own_seq = clock.get(&from).copied().unwrap_or(0);
         let Some(theirs) = genesis else {
             return;
         };
@@ -1550,7 +1868,12 @@ impl Engine {
         if self.phase() != Phase::Member {
             return;
         }
-        if self.members.contains(&from) || self.known_origins.contains(&from) {
+        // An evicted node may come back: it gets a new Join that says where its events resume.
+        let returning = self.cuts.contains_key(&from);
+        if self.members.contains(&from)
+            || self.pending_joins.values().any(|m| *m == from)
+            || (self.known_origins.contains(&from) && !returning)
+        {
             // Already admitted, or a Join for it is on its way to settlement.
             return;
         }
@@ -1562,8 +1885,22 @@ impl Engine {
             tracing::debug!(newcomer = %from.short(), "not sponsoring a peer connected only briefly");
             return;
         }
-        tracing::info!(newcomer = %from.short(), "admitting a new member");
-        self.create(EventBody::Join { member: from }, out);
+        // A returning node resumes one past the highest seq it ever used (its own report, or
+        // what we hold of it if that is more), so no seq is reused and the cut range stays cut.
+        let first_seq = if returning {
+            let reported = self.peers.get(&from).map_or(0, |p| p.own_seq);
+            reported.max(self.delivered(&from)).saturating_add(1)
+        } else {
+            1
+        };
+        tracing::info!(newcomer = %from.short(), first_seq, "admitting a new member");
+        self.create(
+            EventBody::Join {
+                member: from,
+                first_seq,
+            },
+            out,
+        );
     }
 
     fn on_digest(&mut self, from: NodeId, settled_events: u64, digest: [u8; 32]) {
@@ -1657,11 +1994,33 @@ impl Engine {
             });
             return;
         }
+        let now = self.now_ms;
         let st = self.origins.entry(origin).or_default();
-        if frontier.lamport() <= st.announced {
+        if frontier.lamport() < st.announced {
+            return;
+        }
+        if frontier.lamport() == st.announced {
+            // A repeat: only a sign of life, relayed at most once per heartbeat.
+            let news = self
+                .origins
+                .get(&origin)
+                .is_some_and(|st| self.repeat_is_news(&origin, st));
+            if news {
+                if let Some(st) = self.origins.get_mut(&origin) {
+                    st.alive_ms = Some(now);
+                }
+                self.last_heard.insert(origin, now);
+                out.push(Effect::Broadcast {
+                    message: Message::Frontier(frontier.into_signed()),
+                    except: Some(from),
+                });
+            }
             return;
         }
         st.announced = frontier.lamport();
+        st.alive_ms = Some(now);
+        self.last_heard.insert(origin, now);
+        let st = self.origins.entry(origin).or_default();
         match st.pending_frontier {
             Some((seq, _)) if seq > frontier.seq() => {}
             _ => st.pending_frontier = Some((frontier.seq(), frontier.lamport())),
@@ -1713,6 +2072,16 @@ impl Engine {
         let origin = batch.origin();
         let delivered = self.origins.get(&origin).map_or(0, |st| st.delivered);
         if batch.last_seq() <= delivered {
+            return;
+        }
+        let first_new = batch.first_seq().max(delivered.saturating_add(1));
+        if self
+            .cuts
+            .get(&origin)
+            .is_some_and(|cut| cut.drops(first_new))
+        {
+            // An evicted member's events after its cut: honest copies nobody applies (not
+            // buffered, no misbehaviour).
             return;
         }
         let known = self.accepts_origin(&origin, &batch);
@@ -1798,14 +2167,20 @@ impl Engine {
             .origins
             .get(&origin)
             .map_or((0, 0), |st| (st.delivered, st.last_lamport));
+        let cut = self.cuts.get(&origin).copied();
+        // Events after an eviction's cut are dropped; the kept ones stay contiguous (the cut
+        // range starts after the last valid seq).
         let new: Vec<&Event> = batch
             .events()
             .iter()
-            .filter(|e| e.seq > delivered)
+            .filter(|e| e.seq > delivered && !cut.is_some_and(|c| c.drops(e.seq)))
             .collect();
         let Some(first) = new.first() else {
             return false;
         };
+        let (last_seq, last_kept_lamport) = new
+            .last()
+            .map_or((first.seq, first.lamport), |e| (e.seq, e.lamport));
         if first.lamport <= last_lamport {
             self.reject(from, &origin, "lamport not increasing across batches");
             return false;
@@ -1852,6 +2227,9 @@ impl Engine {
             return false;
         }
         let events: Vec<Event> = new.into_iter().cloned().collect();
+        if from.is_some() {
+            self.last_heard.insert(origin, self.now_ms);
+        }
         for event in events {
             self.clock = self.clock.max(event.lamport);
             self.on_delivered(&event);
@@ -1859,8 +2237,8 @@ impl Engine {
                 .insert((event.lamport, event.origin, event.seq), event);
         }
         let st = self.origins.entry(origin).or_default();
-        st.delivered = batch.last_seq();
-        st.last_lamport = batch.last_lamport();
+        st.delivered = st.delivered.max(last_seq);
+        st.last_lamport = st.last_lamport.max(last_kept_lamport);
         let signed = Arc::new(batch.into_signed());
         st.batches.push(signed.clone());
         if from.is_some() {
@@ -1893,6 +2271,7 @@ impl Engine {
                     self.genesis = Some((id, event.origin));
                     self.target_genesis = None;
                     self.members.insert(event.origin);
+                    self.incarnation.insert(event.origin, 0);
                     self.known_origins.insert(event.origin);
                     self.announce_info = true;
                     tracing::info!(genesis = %hex(&id), founder = %event.origin.short(), "network genesis");
@@ -1927,13 +2306,497 @@ impl Engine {
                     record.cancel_requested = true;
                 }
             }
-            EventBody::Join { member } => {
+            EventBody::Join { member, first_seq } => {
                 self.known_origins.insert(*member);
                 self.pending_joins
                     .insert((event.lamport, event.origin, event.seq), *member);
+                if *first_seq > 1 {
+                    // A returning member: its events resume at `first_seq`; what lies between
+                    // its cut and there stays cut.
+                    let st = self.origins.entry(*member).or_default();
+                    st.delivered = st.delivered.max(first_seq - 1);
+                    if let Some(cut) = self.cuts.get_mut(member)
+                        && cut.resume.is_none()
+                    {
+                        cut.resume = Some(*first_seq);
+                    }
+                    self.try_trust(member);
+                }
             }
-            EventBody::Leave | EventBody::Evict { .. } => {}
+            EventBody::Evict {
+                target,
+                last_seq,
+                epoch,
+                votes,
+            } => match self.check_evict(&event.origin, target, *epoch, *last_seq, votes) {
+                EvictCheck::Valid => self.record_cut(*target, *epoch, *last_seq),
+                EvictCheck::NotYet => {
+                    if self.pending_evicts.len() < MAX_PENDING_EVICTS {
+                        self.pending_evicts.push(event.clone());
+                    } else {
+                        tracing::warn!(target_node = %target.short(), "too many unchecked evictions pending; it is checked at its settled position");
+                    }
+                }
+                EvictCheck::Invalid(why) => {
+                    tracing::warn!(target_node = %target.short(), origin = %event.origin.short(), why, "ignoring an invalid eviction");
+                }
+            },
+            EventBody::Leave => {}
         }
+    }
+
+    // ---- Eviction -----------------------------------------------------------------------
+
+    fn delivered(&self, origin: &NodeId) -> u64 {
+        self.origins.get(origin).map_or(0, |st| st.delivered)
+    }
+
+    /// Whether a delivered eviction cut `member` in its current membership.
+    fn cut_active(&self, member: &NodeId) -> bool {
+        self.cuts
+            .get(member)
+            .is_some_and(|cut| Some(&cut.incarnation) == self.incarnation.get(member))
+    }
+
+    /// Whether `member` no longer holds settlement back: it is cut in its current membership
+    /// and this node holds its events up to the cut.
+    fn excluded(&self, member: &NodeId) -> bool {
+        self.cuts.get(member).is_some_and(|cut| {
+            Some(&cut.incarnation) == self.incarnation.get(member)
+                && self.delivered(member) >= cut.last_seq
+        })
+    }
+
+    /// After a membership change: votes, suspicions and silence timers only for current
+    /// members (votes only for the targets' current incarnations), and tell peers.
+    fn membership_changed(&mut self) {
+        let members = &self.members;
+        let incarnation = &self.incarnation;
+        self.votes.retain(|(target, epoch), votes| {
+            votes.retain(|voter, _| members.contains(voter));
+            members.contains(target) && incarnation.get(target) == Some(epoch) && !votes.is_empty()
+        });
+        self.suspects.retain(|m, _| members.contains(m));
+        self.last_heard.retain(|m, _| members.contains(m));
+        // Peers pick sponsors by the member list we advertise.
+        self.announce_info = true;
+    }
+
+    /// Checks a delivered `Evict` against the current membership (rule 6 of the module docs).
+    fn check_evict(
+        &self,
+        origin: &NodeId,
+        target: &NodeId,
+        epoch: u64,
+        last_seq: u64,
+        votes: &[(NodeId, Signature)],
+    ) -> EvictCheck {
+        if origin == target {
+            return EvictCheck::Invalid("a node cannot evict itself");
+        }
+        match self.incarnation.get(target) {
+            None => return EvictCheck::NotYet,
+            Some(&inc) if inc < epoch => return EvictCheck::NotYet,
+            Some(&inc) if inc > epoch => return EvictCheck::Invalid("an earlier membership"),
+            Some(_) => {}
+        }
+        if !self.members.contains(target) {
+            return EvictCheck::Invalid("not a member any more");
+        }
+        if !votes.windows(2).all(|w| w[0].0 < w[1].0) {
+            return EvictCheck::Invalid("votes not sorted by distinct voters");
+        }
+        if votes.iter().any(|(voter, _)| voter == target) {
+            return EvictCheck::Invalid("the target voted");
+        }
+        let transcript =
+            peer_protocol::vote_transcript(&self.config.network_id, target, epoch, last_seq);
+        if votes
+            .iter()
+            .any(|(voter, sig)| peer_protocol::verify(voter, &transcript, sig).is_err())
+        {
+            return EvictCheck::Invalid("a vote signature does not verify");
+        }
+        let counted = votes
+            .iter()
+            .filter(|(voter, _)| self.members.contains(voter))
+            .count();
+        if counted * 2 > self.members.len() {
+            EvictCheck::Valid
+        } else {
+            EvictCheck::NotYet
+        }
+    }
+
+    /// Re-checks the delivered evictions that were not checkable; true if one took effect.
+    fn recheck_pending_evicts(&mut self) -> bool {
+        self.pending_evicts_checked = self.epoch;
+        let pending = std::mem::take(&mut self.pending_evicts);
+        let mut recorded = false;
+        for event in pending {
+            let EventBody::Evict {
+                target,
+                last_seq,
+                epoch,
+                votes,
+            } = &event.body
+            else {
+                continue;
+            };
+            match self.check_evict(&event.origin, target, *epoch, *last_seq, votes) {
+                EvictCheck::Valid => {
+                    self.record_cut(*target, *epoch, *last_seq);
+                    recorded = true;
+                }
+                EvictCheck::NotYet => self.pending_evicts.push(event),
+                EvictCheck::Invalid(_) => {}
+            }
+        }
+        recorded
+    }
+
+    /// Records a valid decision's cut (the first one for the target's incarnation wins; a
+    /// different one is an error, counted and never applied).
+    fn record_cut(&mut self, target: NodeId, incarnation: u64, last_seq: u64) {
+        if let Some(cut) = self.cuts.get(&target)
+            && cut.incarnation == incarnation
+        {
+            if cut.last_seq != last_seq {
+                self.equivocations += 1;
+                tracing::error!(
+                    target_node = %target.short(),
+                    recorded = cut.last_seq,
+                    other = last_seq,
+                    "two eviction decisions with different cuts; keeping the first"
+                );
+            }
+            return;
+        }
+        let cut = Cut {
+            incarnation,
+            last_seq,
+            resume: None,
+        };
+        self.cuts.insert(target, cut);
+        self.suspects.remove(&target);
+        // Its later events leave the log: their orders are rejected, on every node alike.
+        let doomed: Vec<Key> = self
+            .unsettled
+            .keys()
+            .filter(|(_, origin, seq)| *origin == target && cut.drops(*seq))
+            .copied()
+            .collect();
+        for key in &doomed {
+            let Some(event) = self.unsettled.remove(key) else {
+                continue;
+            };
+            self.pending_joins.remove(key);
+            if let EventBody::Place(_) = event.body {
+                self.set_status(
+                    order_id(&target, event.seq).0,
+                    OrderStatus::Rejected,
+                    Some(EVICTED_REASON.to_owned()),
+                );
+            }
+        }
+        if target == self.me {
+            tracing::warn!(
+                last_seq,
+                cut = doomed.len(),
+                "a majority decided to evict this node; its later pending events are rejected"
+            );
+            self.announce_info = true;
+        } else {
+            tracing::info!(member = %target.short(), last_seq, cut = doomed.len(), "eviction decided");
+        }
+    }
+
+    /// The failure detector and the voting steps (rules 2 to 5 of the module docs).
+    fn detect_failures(&mut self, now: u64, out: &mut Vec<Effect>) {
+        let limit = self.config.evict_after_ms;
+        if limit == 0 || self.phase() != Phase::Member || self.members.len() < 3 {
+            self.suspects.clear();
+            return;
+        }
+        let others: Vec<NodeId> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|m| *m != self.me)
+            .collect();
+        for member in others {
+            let heard = *self.last_heard.entry(member).or_insert(now);
+            let epoch = self.incarnation.get(&member).copied().unwrap_or(0);
+            if now.saturating_sub(heard) < limit || self.cut_active(&member) {
+                if self.suspects.remove(&member).is_some() {
+                    tracing::info!(member = %member.short(), "a suspect member is heard again");
+                }
+                continue;
+            }
+            let Some(suspect) = self.suspects.get(&member).copied() else {
+                tracing::warn!(member = %member.short(), silent_ms = now.saturating_sub(heard), "member is silent: suspect; fetching its events before voting");
+                self.suspects.insert(
+                    member,
+                    Suspect {
+                        since_ms: now,
+                        last_fetch_ms: Some(now),
+                    },
+                );
+                let request = self.sync_request();
+                for peer in self.same_network_peers() {
+                    out.push(Effect::Send {
+                        to: peer,
+                        message: request.clone(),
+                    });
+                }
+                continue;
+            };
+            if now.saturating_sub(suspect.since_ms) >= VOTE_FETCH_MS {
+                self.vote(member, epoch, now, out);
+            }
+        }
+        if due(&mut self.last_vote_broadcast_ms, now, VOTE_REBROADCAST_MS) {
+            for ((target, epoch), votes) in &self.votes {
+                if !self.suspects.contains_key(target) {
+                    continue;
+                }
+                for (voter, (last_seq, signature)) in votes {
+                    out.push(Effect::Broadcast {
+                        message: vote_message(*voter, *target, *epoch, *last_seq, *signature),
+                        except: None,
+                    });
+                }
+            }
+        }
+        let keys: Vec<(NodeId, u64)> = self.votes.keys().copied().collect();
+        for key in keys {
+            self.decide(key, now, out);
+        }
+    }
+
+    /// Casts (or, after a restart, re-sends) this node's one vote against `target`.
+    fn vote(&mut self, target: NodeId, epoch: u64, now: u64, out: &mut Vec<Effect>) {
+        let key = (target, epoch);
+        let me = self.me;
+        if let Some(&last_seq) = self.my_votes.get(&key) {
+            let held = self
+                .votes
+                .get(&key)
+                .is_some_and(|votes| votes.contains_key(&me));
+            if !held {
+                let signature = self.sign_vote(&target, epoch, last_seq);
+                self.votes
+                    .entry(key)
+                    .or_default()
+                    .insert(me, (last_seq, signature));
+                out.push(Effect::Broadcast {
+                    message: vote_message(me, target, epoch, last_seq, signature),
+                    except: None,
+                });
+            }
+            return;
+        }
+        let delivered = self.delivered(&target);
+        let ahead: Vec<NodeId> = self
+            .votes
+            .get(&key)
+            .map(|votes| {
+                votes
+                    .iter()
+                    .filter(|(_, (seq, _))| *seq > delivered)
+                    .map(|(voter, _)| *voter)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !ahead.is_empty() {
+            // Another voter holds more of the target's events: fetch them before voting.
+            if let Some(suspect) = self.suspects.get_mut(&target)
+                && due(&mut suspect.last_fetch_ms, now, VOTE_FETCH_RETRY_MS)
+            {
+                let request = self.sync_request();
+                for voter in ahead {
+                    if self.peers.contains_key(&voter) {
+                        out.push(Effect::Send {
+                            to: voter,
+                            message: request.clone(),
+                        });
+                    }
+                }
+            }
+            return;
+        }
+        let last_seq = delivered;
+        tracing::warn!(target_node = %target.short(), epoch, last_seq, "voting to evict a silent member");
+        self.my_votes.insert(key, last_seq);
+        out.push(Effect::Persist(Record::Vote {
+            target,
+            epoch,
+            last_seq,
+        }));
+        let signature = self.sign_vote(&target, epoch, last_seq);
+        self.votes
+            .entry(key)
+            .or_default()
+            .insert(me, (last_seq, signature));
+        out.push(Effect::Broadcast {
+            message: vote_message(me, target, epoch, last_seq, signature),
+            except: None,
+        });
+        self.decide(key, now, out);
+    }
+
+    fn sign_vote(&self, target: &NodeId, epoch: u64, last_seq: u64) -> Signature {
+        self.identity.sign(&peer_protocol::vote_transcript(
+            &self.config.network_id,
+            target,
+            epoch,
+            last_seq,
+        ))
+    }
+
+    /// A verified vote from a peer (rule 4 of the module docs).
+    #[allow(clippy::too_many_arguments)]
+    fn on_vote(
+        &mut self,
+        from: NodeId,
+        voter: NodeId,
+        target: NodeId,
+        epoch: u64,
+        last_seq: u64,
+        signature: Signature,
+        out: &mut Vec<Effect>,
+    ) {
+        if voter == target
+            || !self.members.contains(&voter)
+            || !self.members.contains(&target)
+            || self.incarnation.get(&target) != Some(&epoch)
+        {
+            tracing::debug!(voter = %voter.short(), target_node = %target.short(), epoch, "ignoring a vote outside the current membership");
+            return;
+        }
+        let key = (target, epoch);
+        let votes = self.votes.entry(key).or_default();
+        match votes.get(&voter) {
+            Some((seq, _)) if *seq == last_seq => return,
+            Some((seq, _)) => {
+                let first = *seq;
+                self.equivocations += 1;
+                tracing::error!(
+                    voter = %voter.short(),
+                    target_node = %target.short(),
+                    epoch,
+                    first,
+                    second = last_seq,
+                    "equivocating eviction vote; keeping the first"
+                );
+                if from == voter {
+                    out.push(Effect::Misbehaviour {
+                        peer: from,
+                        what: format!("two different eviction votes against {}", target.short()),
+                    });
+                }
+                return;
+            }
+            None => {}
+        }
+        votes.insert(voter, (last_seq, signature));
+        if voter == self.me && !self.my_votes.contains_key(&key) {
+            // Our own vote, lost with our log: it binds us all the same.
+            self.my_votes.insert(key, last_seq);
+            out.push(Effect::Persist(Record::Vote {
+                target,
+                epoch,
+                last_seq,
+            }));
+        }
+        out.push(Effect::Broadcast {
+            message: vote_message(voter, target, epoch, last_seq, signature),
+            except: Some(from),
+        });
+        let now = self.now_ms;
+        self.decide(key, now, out);
+    }
+
+    /// Creates an `Evict` once a majority of the members agree on one cut and this node holds
+    /// the target's events up to it (rule 5 of the module docs).
+    fn decide(&mut self, key: (NodeId, u64), now: u64, out: &mut Vec<Effect>) {
+        let (target, epoch) = key;
+        // Acted on only while this node itself suspects the target: votes are never withdrawn,
+        // so a target heard again after a full split is not evicted by stale votes.
+        if self.phase() != Phase::Member
+            || !self.suspects.contains_key(&target)
+            || target == self.me
+            || !self.members.contains(&target)
+            || self.incarnation.get(&target) != Some(&epoch)
+            || self
+                .cuts
+                .get(&target)
+                .is_some_and(|c| c.incarnation == epoch)
+        {
+            return;
+        }
+        let Some(votes) = self.votes.get(&key) else {
+            return;
+        };
+        let mut tally: BTreeMap<u64, usize> = BTreeMap::new();
+        for (voter, (seq, _)) in votes {
+            if *voter != target && self.members.contains(voter) {
+                *tally.entry(*seq).or_default() += 1;
+            }
+        }
+        let Some(last_seq) = tally
+            .iter()
+            .find(|(_, count)| **count * 2 > self.members.len())
+            .map(|(seq, _)| *seq)
+        else {
+            return;
+        };
+        let settled = self.origins.get(&target).map_or(0, |st| st.settled);
+        if last_seq < settled {
+            // Never cut what this node already settled (stale votes from an earlier silence).
+            tracing::warn!(target_node = %target.short(), last_seq, settled, "not evicting: the agreed cut is below events already settled");
+            return;
+        }
+        if self.delivered(&target) < last_seq {
+            // Decided, but we lack some of the target's events: fetch them from the voters.
+            let voters: Vec<NodeId> = votes
+                .iter()
+                .filter(|(_, (seq, _))| *seq == last_seq)
+                .map(|(voter, _)| *voter)
+                .filter(|voter| self.peers.contains_key(voter))
+                .collect();
+            if let Some(suspect) = self.suspects.get_mut(&target)
+                && !due(&mut suspect.last_fetch_ms, now, VOTE_FETCH_RETRY_MS)
+            {
+                return;
+            }
+            let request = self.sync_request();
+            for voter in voters {
+                out.push(Effect::Send {
+                    to: voter,
+                    message: request.clone(),
+                });
+            }
+            return;
+        }
+        let signed: Vec<(NodeId, Signature)> = votes
+            .iter()
+            .filter(|(voter, (seq, _))| {
+                *seq == last_seq && **voter != target && self.members.contains(voter)
+            })
+            .map(|(voter, (_, signature))| (*voter, *signature))
+            .take(peer_protocol::MAX_MEMBERS)
+            .collect();
+        tracing::warn!(target_node = %target.short(), epoch, last_seq, votes = signed.len(), "a majority voted: evicting");
+        self.create(
+            EventBody::Evict {
+                target,
+                last_seq,
+                epoch,
+                votes: signed,
+            },
+            out,
+        );
     }
 
     // ---- Settlement --------------------------------------------------------------------
@@ -1960,6 +2823,13 @@ impl Engine {
             let (key, event) = entry.remove_entry();
             self.apply(key, event, out);
         }
+        if !self.pending_evicts.is_empty()
+            && self.pending_evicts_checked != self.epoch
+            && self.recheck_pending_evicts()
+        {
+            // A new cut may let settlement pass the evicted member.
+            self.settle(out);
+        }
     }
 
     fn apply(&mut self, key: Key, event: Event, out: &mut Vec<Effect>) {
@@ -1967,6 +2837,9 @@ impl Engine {
         self.settled_key = Some(key);
         self.settled_events += 1;
         let origin = event.origin;
+        if let Some(st) = self.origins.get_mut(&origin) {
+            st.settled = st.settled.max(event.seq);
+        }
         let is_member = self.members.contains(&origin);
         match event.body {
             EventBody::Genesis { .. } => {}
@@ -2016,22 +2889,75 @@ impl Engine {
                     }
                 }
             }
-            EventBody::Join { member } => {
+            EventBody::Join { member, .. } => {
                 if is_member && !self.members.contains(&member) {
                     self.members.insert(member);
                     self.member_floor.insert(member, key.0);
-                    // Peers pick sponsors by the member list we advertise.
-                    self.announce_info = true;
-                    tracing::info!(member = %member.short(), by = %origin.short(), "member joined");
+                    self.epoch += 1;
+                    self.incarnation.insert(member, self.epoch);
+                    self.last_heard.insert(member, self.now_ms);
+                    if member == self.me {
+                        // We just became a member: everyone counts as heard from now on.
+                        for m in &self.members {
+                            self.last_heard.insert(*m, self.now_ms);
+                        }
+                    }
+                    self.membership_changed();
+                    tracing::info!(member = %member.short(), by = %origin.short(), epoch = self.epoch, "member joined");
                 }
             }
             EventBody::Leave => {
                 if is_member && self.members.len() > 1 {
                     self.members.remove(&origin);
+                    self.epoch += 1;
+                    self.membership_changed();
                     tracing::info!(member = %origin.short(), "member left");
                 }
             }
-            EventBody::Evict { .. } => {}
+            EventBody::Evict {
+                target,
+                last_seq,
+                epoch,
+                votes,
+            } => {
+                self.pending_evicts
+                    .retain(|e| (e.lamport, e.origin, e.seq) != key);
+                // Not recorded at delivery (not checkable then): check against the settled
+                // membership now.
+                let recorded = self
+                    .cuts
+                    .get(&target)
+                    .is_some_and(|cut| cut.incarnation == epoch);
+                if !recorded {
+                    match self.check_evict(&origin, &target, epoch, last_seq, &votes) {
+                        EvictCheck::Valid => self.record_cut(target, epoch, last_seq),
+                        EvictCheck::NotYet | EvictCheck::Invalid(_) => {
+                            tracing::debug!(target_node = %target.short(), "a settled eviction that does not apply: no-op");
+                        }
+                    }
+                }
+                let cut_matches = self
+                    .cuts
+                    .get(&target)
+                    .is_some_and(|cut| cut.incarnation == epoch && cut.last_seq == last_seq);
+                if cut_matches
+                    && self.incarnation.get(&target) == Some(&epoch)
+                    && self.members.remove(&target)
+                {
+                    self.member_floor.remove(&target);
+                    self.epoch += 1;
+                    self.evictions += 1;
+                    self.membership_changed();
+                    if target == self.me {
+                        tracing::warn!(
+                            last_seq,
+                            "this node was evicted by a majority of the members; asking to join again"
+                        );
+                    } else {
+                        tracing::warn!(member = %target.short(), last_seq, epoch = self.epoch, "member evicted");
+                    }
+                }
+            }
         }
         if self.settled_events.is_multiple_of(CHECKPOINT_EVERY) {
             let digest = self.digest();
@@ -2130,6 +3056,22 @@ impl Engine {
         }
         hasher.update([u8::from(trade.taker_side == Side::Buy)]);
         self.trade_chain = hasher.finalize().into();
+    }
+}
+
+fn vote_message(
+    voter: NodeId,
+    target: NodeId,
+    epoch: u64,
+    last_seq: u64,
+    signature: Signature,
+) -> Message {
+    Message::Vote {
+        voter,
+        target,
+        epoch,
+        last_seq,
+        signature,
     }
 }
 

@@ -54,6 +54,10 @@ pub enum EventBody {
     Join {
         /// The node admitted.
         member: NodeId,
+        /// The `seq` of the member's first event in this membership: 1 for a brand-new member;
+        /// for a returning (evicted) member, one past the highest `seq` it reported for itself,
+        /// so it never reuses a `seq` and the range its eviction cut stays cut.
+        first_seq: u64,
     },
     /// The origin leaves the membership.
     Leave,

@@ -20,7 +20,7 @@ pub const PROTOCOL_VERSION: u16 = 1;
 
 /// The number of [`Message`] variants this version knows: a payload whose leading tag is at or
 /// beyond it comes from a newer peer and decodes to [`Error::UnknownMessage`].
-pub const KNOWN_MESSAGE_TAGS: u32 = 15;
+pub const KNOWN_MESSAGE_TAGS: u32 = 16;
 
 /// The first message each side sends on a new connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +222,15 @@ pub enum Message {
         /// Why.
         reason: GoodbyeReason,
     },
+    /// The node ids the sender is directly connected to right now, repeated whenever that
+    /// changes. A relaying node skips the peers that are neighbours of a batch's origin: they
+    /// get the batch from the origin itself. Advisory: a list that is stale or cut short only
+    /// costs extra sends (or an anti-entropy round), never correctness.
+    Neighbours {
+        /// The sender's connected peers (at most [`MAX_PEERS_PER_MESSAGE`]; a longer list is
+        /// cut, which only makes relays send more).
+        peers: Vec<NodeId>,
+    },
 }
 
 impl Message {
@@ -243,6 +252,7 @@ impl Message {
             Message::JoinRequest { .. } => 12,
             Message::Vote { .. } => 13,
             Message::Goodbye { .. } => 14,
+            Message::Neighbours { .. } => 15,
         }
     }
 
@@ -264,6 +274,7 @@ impl Message {
             Message::JoinRequest { .. } => "join_request",
             Message::Vote { .. } => "vote",
             Message::Goodbye { .. } => "goodbye",
+            Message::Neighbours { .. } => "neighbours",
         }
     }
 
@@ -280,6 +291,9 @@ impl Message {
                 check_len("hello agent", hello.agent.len(), MAX_AGENT_LEN)
             }
             Message::Peers(peers) => check_len("peers", peers.len(), MAX_PEERS_PER_MESSAGE),
+            Message::Neighbours { peers } => {
+                check_len("neighbours", peers.len(), MAX_PEERS_PER_MESSAGE)
+            }
             Message::Batch(batch) => check_batch(batch),
             Message::SyncRequest { clock } => check_clock(clock),
             Message::SyncResponse { batches, .. } => {

@@ -81,7 +81,8 @@ fn event_body() -> impl Strategy<Value = EventBody> {
         }),
         place_order().prop_map(EventBody::Place),
         any::<u64>().prop_map(|order_seq| EventBody::Cancel { order_seq }),
-        node_id().prop_map(|member| EventBody::Join { member }),
+        (node_id(), any::<u64>())
+            .prop_map(|(member, first_seq)| EventBody::Join { member, first_seq }),
         Just(EventBody::Leave),
         (
             node_id(),
@@ -249,6 +250,8 @@ fn message() -> impl Strategy<Value = Message> {
                 }
             ),
         goodbye_reason().prop_map(|reason| Message::Goodbye { reason }),
+        proptest::collection::vec(node_id(), 0..=MAX_PEERS_PER_MESSAGE)
+            .prop_map(|peers| Message::Neighbours { peers }),
     ]
 }
 
@@ -489,18 +492,35 @@ fn wire_format_is_stable() {
 
 #[test]
 fn the_last_known_tag_is_one_below_known_message_tags() {
-    let goodbye = Message::Goodbye {
-        reason: GoodbyeReason::Evicted,
+    let neighbours = Message::Neighbours {
+        peers: vec![alice().node_id()],
     };
-    assert_eq!(goodbye.tag(), KNOWN_MESSAGE_TAGS - 1);
-    assert_eq!(encode(&goodbye).unwrap()[0] as u32, KNOWN_MESSAGE_TAGS - 1);
+    assert_eq!(neighbours.tag(), KNOWN_MESSAGE_TAGS - 1);
+    assert_eq!(
+        encode(&neighbours).unwrap()[0] as u32,
+        KNOWN_MESSAGE_TAGS - 1
+    );
+    assert_eq!(neighbours.kind(), "neighbours");
+}
+
+#[test]
+fn neighbours_are_appended_after_goodbye_and_round_trip() {
+    // Appended, so a version-1 peer that predates it skips it as an unknown message.
+    let empty = Message::Neighbours { peers: vec![] };
+    assert_eq!(encode(&empty).unwrap(), [15, 0]);
+    let two = Message::Neighbours {
+        peers: vec![alice().node_id(), bob().node_id()],
+    };
+    let bytes = encode(&two).unwrap();
+    assert_eq!(bytes.len(), 2 + 2 * 32);
+    assert_eq!(decode(&bytes).unwrap(), two);
 }
 
 #[test]
 fn unknown_tags_are_reported_as_unknown_messages() {
     for (bytes, tag) in [
-        (vec![15u8], 15u32),
-        (vec![15, 1, 2, 3], 15),
+        (vec![16u8], 16u32),
+        (vec![16, 1, 2, 3], 16),
         (vec![0x80, 0x01], 128),
         (vec![0xff, 0xff, 0xff, 0xff, 0x0f], u32::MAX),
     ] {
@@ -680,7 +700,16 @@ fn lists_and_strings_beyond_their_limits_are_refused_on_both_sides() {
     let long_market = Message::Batch(
         SignedBatch::from_parts(vec![order], Signature::from_bytes([0; 64])).unwrap(),
     );
-    for message in [too_many_peers, long_agent, long_network, long_market] {
+    let too_many_neighbours = Message::Neighbours {
+        peers: vec![alice().node_id(); MAX_PEERS_PER_MESSAGE + 1],
+    };
+    for message in [
+        too_many_peers,
+        too_many_neighbours,
+        long_agent,
+        long_network,
+        long_market,
+    ] {
         assert!(
             matches!(encode(&message), Err(Error::LimitExceeded { .. })),
             "{}",
