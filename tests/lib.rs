@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 /// The path of the `p2p-exchange` binary, built on first use when `P2P_EXCHANGE_BIN` is not set.
 pub fn binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         if let Ok(path) = std::env::var("P2P_EXCHANGE_BIN") {
             return PathBuf::from(path);
@@ -31,6 +30,16 @@ pub fn binary() -> &'static Path {
         assert!(status.success(), "cargo build -p node-bin failed");
         root.join("target/debug/p2p-exchange")
     })
+}
+
+static BINARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes [`binary`] (and so every node started by this crate) run `path`, e.g. a release build
+/// made by an xtask; fails if [`binary`] was already used or set.
+pub fn set_binary(path: PathBuf) -> Result<()> {
+    BINARY
+        .set(path)
+        .map_err(|p| anyhow::anyhow!("the binary is already {}", p.display()))
 }
 
 /// `count` consecutive free TCP ports on 127.0.0.1 whose +5000 API ports are free too.
@@ -663,15 +672,40 @@ pub struct NsNode {
     /// Its API address inside the namespace.
     pub api: String,
     log: PathBuf,
+    /// What it was started with, for [`NsNode::restart`].
+    dir: PathBuf,
+    api_port: u16,
+    env: Vec<(String, String)>,
 }
 
 impl NsNode {
     /// Starts the binary in `ns` with `DATA_DIR=<dir>/data`, the API on 127.0.0.1:`api_port`,
     /// and `env` (nothing else is inherited but `PATH`); waits for `/health`.
     pub fn start(ns: &str, dir: &Path, api_port: u16, env: &[(&str, String)]) -> Result<NsNode> {
+        let mut node = NsNode {
+            child: None,
+            ns: ns.to_owned(),
+            api: format!("127.0.0.1:{api_port}"),
+            log: dir.join("node.log"),
+            dir: dir.to_path_buf(),
+            api_port,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        };
+        node.spawn()?;
+        Ok(node)
+    }
+
+    /// Starts the process (appending to its log) and waits for `/health`.
+    fn spawn(&mut self) -> Result<()> {
+        let (ns, dir, api_port) = (self.ns.as_str(), self.dir.as_path(), self.api_port);
         std::fs::create_dir_all(dir)?;
-        let log = dir.join("node.log");
-        let log_file = std::fs::File::create(&log)?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", ns])
@@ -686,24 +720,19 @@ impl NsNode {
             .env("EXIT_WITH_PARENT", "1")
             .stdout(Stdio::from(log_file.try_clone()?))
             .stderr(Stdio::from(log_file));
-        for (k, v) in env {
+        for (k, v) in &self.env {
             command.env(k, v);
         }
-        let node = NsNode {
-            child: Some(
-                command
-                    .spawn()
-                    .context("spawning p2p-exchange in a namespace")?,
-            ),
-            ns: ns.to_owned(),
-            api: format!("127.0.0.1:{api_port}"),
-            log,
-        };
+        self.child = Some(
+            command
+                .spawn()
+                .context("spawning p2p-exchange in a namespace")?,
+        );
         wait_for(Duration::from_secs(30), "the node's /health", || {
-            Ok(ns_http(&node.ns, &node.api, "GET", "/health", None)?.0 == 200)
+            Ok(ns_http(&self.ns, &self.api, "GET", "/health", None)?.0 == 200)
         })
-        .with_context(|| format!("node in {ns} did not come up; log:\n{}", node.log_tail()))?;
-        Ok(node)
+        .with_context(|| format!("node in {ns} did not come up; log:\n{}", self.log_tail()))?;
+        Ok(())
     }
 
     /// `GET path` as JSON, failing on a non-200.
@@ -740,6 +769,199 @@ impl NsNode {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// Fault injection on an [`NsNode`]: crashes, restarts and pauses of the real process.
+impl NsNode {
+    /// The process id of the node (`ip netns exec` execs the binary, so it is the node itself),
+    /// while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process was started and has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills the process with SIGKILL (a crash) and reaps it; the data directory stays.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the node again on the same data directory, API port and environment (after a
+    /// crash, or killing a running one first), appending to its log; waits for `/health`.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    /// Freezes the process (SIGSTOP): it keeps its sockets but answers nothing.
+    pub fn pause(&self) -> Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Resumes a paused process (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> Result<()> {
+        let pid = self.pid().context("the node is not running")?;
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -{name} {pid} failed");
+        }
+        Ok(())
+    }
+}
+
+/// [`ns_http`] with a whole-request timeout instead of its 10 s (a paused node never
+/// answers; clients under fault injection give up sooner).
+pub fn ns_http_timeout(
+    ns: &str,
+    addr: &str,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String)> {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", ns, "curl", "-sS", "-X", method])
+        .arg("--max-time")
+        .arg(format!("{:.3}", timeout.as_secs_f64()))
+        .args(["-w", "\n%{http_code}"]);
+    if let Some(body) = json {
+        command
+            .args(["-H", "content-type: application/json"])
+            .args(["--data-binary", body]);
+    }
+    let out = command
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .context("running curl")?;
+    if !out.status.success() {
+        bail!(
+            "curl failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+    Ok((code.trim().parse()?, body.to_owned()))
+}
+
+/// Many `GET`s from inside namespace `ns` over one kept-alive connection (one curl process):
+/// the status code and body of each path, in order; code 0 where a request failed. `timeout`
+/// bounds each request.
+pub fn ns_http_many(
+    ns: &str,
+    addr: &str,
+    paths: &[String],
+    timeout: Duration,
+) -> Result<Vec<(u16, String)>> {
+    const MARK: &str = "\n@@p2p-exchange-status ";
+    let mut out = Vec::with_capacity(paths.len());
+    // Bounded argument lists: a few hundred URLs per curl.
+    for chunk in paths.chunks(200) {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns, "curl", "-sS", "--max-time"])
+            .arg(format!("{:.3}", timeout.as_secs_f64()))
+            .args(["-w", &format!("{MARK}%{{http_code}}\n")]);
+        for path in chunk {
+            command.arg(format!("http://{addr}{path}"));
+        }
+        let output = command.output().context("running curl")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut rest: &str = &text;
+        for _ in chunk {
+            let (body, tail) = rest
+                .split_once(MARK)
+                .context("curl printed fewer answers than requests")?;
+            let (code, tail) = tail.split_once('\n').unwrap_or((tail, ""));
+            out.push((code.trim().parse().unwrap_or(0), body.to_owned()));
+            rest = tail;
+        }
+    }
+    Ok(out)
+}
+
+/// Fault injection on a [`Netns`] network: links are cut with blackhole routes inside the
+/// namespaces (this kernel has no `netem`; nftables may be missing).
+impl Netns {
+    /// Drops every packet host `from` sends to host `to` (one-way loss; both directions make
+    /// a cut link). Fails if it is already blocked.
+    pub fn block(&self, from: usize, to: usize) -> Result<()> {
+        let target = format!("{}/32", self.addr(to));
+        ip(&[
+            "-n",
+            &self.host_ns(from),
+            "route",
+            "add",
+            "blackhole",
+            &target,
+        ])
+    }
+
+    /// Undoes [`Netns::block`]. Fails if it was not blocked.
+    pub fn unblock(&self, from: usize, to: usize) -> Result<()> {
+        let target = format!("{}/32", self.addr(to));
+        ip(&[
+            "-n",
+            &self.host_ns(from),
+            "route",
+            "del",
+            "blackhole",
+            &target,
+        ])
+    }
+
+    /// Cuts every link between side `a` and side `b`, both ways.
+    pub fn partition(&self, a: &[usize], b: &[usize]) -> Result<()> {
+        for &i in a {
+            for &j in b {
+                self.block(i, j)?;
+                self.block(j, i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every blocked link of every host.
+    pub fn heal_all(&self) -> Result<()> {
+        for i in 1..=self.hosts {
+            ip(&[
+                "-n",
+                &self.host_ns(i),
+                "route",
+                "flush",
+                "type",
+                "blackhole",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// The number of hosts.
+    pub fn hosts(&self) -> usize {
+        self.hosts
+    }
+
+    /// The prefix of every namespace name of this network (`pxt<pid>-<name>`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 }
 

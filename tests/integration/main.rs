@@ -7,4 +7,5 @@
 mod crash;
 mod discovery;
 mod grenache;
+mod partition;
 mod quick_start;

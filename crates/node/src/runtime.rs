@@ -1,8 +1,16 @@
 //! The async shell around the [`Engine`]: one tokio task owns the engine and
-//! the store and `select!`s over client requests, transport events, discovery
-//! candidates, a timer and shutdown. Each loop iteration handles a burst of
-//! inputs, flushes the engine, appends and fsyncs what must be durable (group
-//! commit), and only then sends messages and answers clients.
+//! `select!`s over client requests, transport events, discovery candidates,
+//! storage answers, a timer and shutdown. Each loop iteration handles a burst of
+//! inputs and flushes the engine; its records go to the storage thread
+//! ([`Writer`]: append and fsync in groups), and its messages and answers wait
+//! until that thread says they are durable. The loop meanwhile goes on with the
+//! next inputs (pipelining); iterations are released strictly in order, so
+//! nothing leaves before its own records and every earlier iteration's are on disk.
+//!
+//! Relays: a batch or frontier of another origin is relayed only to peers that
+//! are not directly connected to that origin, as they said in their last
+//! `Neighbours` message (they get it from the origin itself). In a full mesh an
+//! event then crosses N-1 links instead of (N-1)^2; a partial mesh still floods.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -11,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use orderbook_core::{Depth, MarketSpec};
-use peer_protocol::{Identity, Message, NodeId, PlaceOrder};
+use peer_protocol::{Codec, Identity, MAX_PEERS_PER_MESSAGE, Message, NodeId, PlaceOrder};
 use peer_storage::{FilePeerStore, PeerStore};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -25,7 +33,7 @@ use crate::engine::{
 };
 use crate::error::Error;
 use crate::ids::ApiOrderId;
-use crate::storage::{KEY_FILE, Store};
+use crate::storage::{Closed, Committed, KEY_FILE, Op, Store, Writer};
 
 /// Most inputs handled per loop iteration before flushing (bounds latency under load).
 const MAX_BURST: usize = 512;
@@ -33,6 +41,9 @@ const MAX_BURST: usize = 512;
 const TICK: Duration = Duration::from_millis(5);
 /// A member sponsors only peers connected to it at least this long.
 const SPONSOR_MIN_CONNECTED: Duration = Duration::from_secs(2);
+/// Loop iterations at most waiting for the storage thread; beyond it the loop takes no new
+/// input until the disk catches up (backpressure).
+const MAX_IN_FLIGHT: usize = 64;
 
 /// The full status of a node, as `/v1/status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -55,9 +66,24 @@ pub struct Status {
     pub settlement_ms_p50: Option<f64>,
     /// The 99th percentile of the same.
     pub settlement_ms_p99: Option<f64>,
+    /// Relayed batches and frontiers sent to a peer, since start.
+    pub relays_sent: u64,
+    /// Relays not sent because the peer is directly connected to the origin (or is it).
+    pub relays_skipped: u64,
+    /// Batches this node lacked and got through anti-entropy (`SyncResponse`) since start:
+    /// what a stale neighbour list, a lost connection or a restart left to repair.
+    pub batches_repaired: u64,
     /// Replication state.
     #[serde(flatten)]
     pub engine: EngineStatus,
+}
+
+/// Relay and anti-entropy counters, as [`Status`] shows them.
+#[derive(Debug, Clone, Copy, Default)]
+struct RelayStats {
+    relays_sent: u64,
+    relays_skipped: u64,
+    batches_repaired: u64,
 }
 
 /// A connected peer, as `/v1/peers` shows it.
@@ -251,6 +277,8 @@ pub struct Node {
     engine_task: Option<JoinHandle<()>>,
     api_task: Option<JoinHandle<()>>,
     discovery_tasks: Vec<JoinHandle<discovery::Result<()>>>,
+    /// Resolves once the storage thread has closed the log (and freed the data directory).
+    storage_closed: Option<Closed>,
     #[cfg(feature = "grenache")]
     rpc: Option<crate::rpc::Rpc>,
     rpc_addr: Option<SocketAddr>,
@@ -423,6 +451,8 @@ impl Node {
         #[cfg(not(feature = "grenache"))]
         let rpc_addr = None;
 
+        let (writer, committed_rx, storage_closed) =
+            Writer::spawn(store, MAX_IN_FLIGHT, node_id.short())?;
         let (stopped_tx, stopped) = watch::channel(false);
         let shell = Shell {
             rpc_links: BTreeSet::new(),
@@ -431,7 +461,13 @@ impl Node {
             overflowed: BTreeSet::new(),
             last_rpc_info: Instant::now(),
             engine,
-            store,
+            writer,
+            in_flight: VecDeque::new(),
+            next_job: 0,
+            connected: BTreeSet::new(),
+            neighbours: HashMap::new(),
+            neighbours_changed: false,
+            relay: RelayStats::default(),
             transport: transport.clone(),
             peer_store,
             stream,
@@ -450,6 +486,7 @@ impl Node {
         let engine_task = tokio::spawn(shell.run(
             transport_rx,
             requests_rx,
+            committed_rx,
             candidates_rx,
             shutdown.clone(),
             stopped_tx,
@@ -479,6 +516,7 @@ impl Node {
             engine_task: Some(engine_task),
             api_task: Some(api_task),
             discovery_tasks,
+            storage_closed: Some(storage_closed),
             #[cfg(feature = "grenache")]
             rpc,
             rpc_addr,
@@ -528,6 +566,9 @@ impl Node {
         if let Some(task) = self.engine_task.take() {
             let _ = task.await;
         }
+        if let Some(closed) = self.storage_closed.take() {
+            closed.wait().await;
+        }
         if let Some(task) = self.api_task.take() {
             let _ = task.await;
         }
@@ -542,11 +583,16 @@ impl Node {
     }
 
     /// Stops abruptly, as close to `kill -9` as in-process allows: the engine task is
-    /// aborted without flushing (whatever was not fsynced is lost), connections drop.
+    /// aborted without flushing (whatever was not fsynced is lost; records already handed to
+    /// the storage thread may still reach the disk, as writes in the kernel would),
+    /// connections drop.
     pub async fn crash(mut self) {
         if let Some(task) = self.engine_task.take() {
             task.abort();
             let _ = task.await;
+        }
+        if let Some(closed) = self.storage_closed.take() {
+            closed.wait().await;
         }
         self.shutdown.cancel();
         self.handle.transport.shutdown().await;
@@ -664,7 +710,19 @@ struct Shell {
     /// When `NetworkInfo` was last repeated on the RPC links.
     last_rpc_info: Instant,
     engine: Engine,
-    store: Store,
+    /// The storage thread.
+    writer: Writer,
+    /// Iterations whose effects wait, in order, for their records to be durable.
+    in_flight: VecDeque<Iteration>,
+    /// The id of the next storage job.
+    next_job: u64,
+    /// The peers connected over TCP (as the transport's events said).
+    connected: BTreeSet<NodeId>,
+    /// Each connected peer's own connected peers, from its last `Neighbours` message.
+    neighbours: HashMap<NodeId, BTreeSet<NodeId>>,
+    /// Whether `connected` changed since the last `Neighbours` broadcast.
+    neighbours_changed: bool,
+    relay: RelayStats,
     transport: transport::Handle,
     peer_store: Arc<dyn PeerStore>,
     stream: broadcast::Sender<Arc<str>>,
@@ -720,6 +778,15 @@ const MAX_TRACKED_ORDERS: usize = 100_000;
 /// Settlement latencies kept for the status percentiles.
 const LATENCY_WINDOW: usize = 1024;
 
+/// One loop iteration's effects, waiting for its storage job (if it has one).
+struct Iteration {
+    /// The storage job not answered yet; `None` once durable (or when there was none).
+    job: Option<u64>,
+    effects: Vec<Effect>,
+    deferred: Vec<Deferred>,
+    rpc_waiting: Vec<RpcWaiting>,
+}
+
 enum Deferred {
     One(
         oneshot::Sender<Result<OrderView, ClientError>>,
@@ -741,6 +808,7 @@ impl Shell {
         mut self,
         mut transport_rx: mpsc::Receiver<TransportEvent>,
         mut requests_rx: mpsc::Receiver<Request>,
+        mut committed_rx: mpsc::Receiver<Committed>,
         mut candidates_rx: mpsc::Receiver<discovery::Candidate>,
         shutdown: CancellationToken,
         stopped: watch::Sender<bool>,
@@ -756,27 +824,42 @@ impl Shell {
         let now_ms = self.now_ms();
         self.engine.handle(Input::Tick { now_ms }, &mut effects);
         self.engine.handle(Input::Flush { now_ms }, &mut effects);
-        if let Err(error) = self.execute(&mut effects, &mut deferred) {
-            tracing::error!(%error, "storage failed; stopping the node");
-            shutdown.cancel();
-        }
-        loop {
+        let mut failed = self.end_iteration(&mut effects, &mut deferred).is_err();
+        while !failed {
+            // Backpressure: with too many iterations waiting for the disk, only storage
+            // answers (and shutdown) are taken.
+            let open = self.in_flight.len() < MAX_IN_FLIGHT;
             // Not biased: under a flood of peer messages, clients and timers still get turns.
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(event) = transport_rx.recv() => {
+                committed = committed_rx.recv() => {
+                    if self.on_committed(committed).is_err() {
+                        break;
+                    }
+                }
+                Some(event) = transport_rx.recv(), if open => {
                     self.on_transport(event, &mut effects);
                 }
-                Some(request) = requests_rx.recv() => {
+                Some(request) = requests_rx.recv(), if open => {
                     self.on_request(request, &mut effects, &mut deferred);
                 }
-                Some(candidate) = candidates_rx.recv() => {
+                Some(candidate) = candidates_rx.recv(), if open => {
                     let ours = candidate.node_id == Some(self.engine.node_id());
                     if candidate.addr != own_addr && !ours {
                         self.transport.add_peer_addr(candidate.addr, candidate.source);
                     }
                 }
-                _ = ticker.tick() => {}
+                _ = ticker.tick(), if open => {}
+            }
+            // Answers that are already in release their iterations before new work starts.
+            while let Ok(committed) = committed_rx.try_recv() {
+                if self.on_committed(Some(committed)).is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed || self.in_flight.len() >= MAX_IN_FLIGHT {
+                continue;
             }
             // A burst: whatever else is ready, bounded, taking turns between the queues.
             for _ in 0..MAX_BURST {
@@ -801,16 +884,24 @@ impl Shell {
             }
             let now_ms = self.now_ms();
             self.engine.handle(Input::Flush { now_ms }, &mut effects);
-            if let Err(error) = self.execute(&mut effects, &mut deferred) {
-                tracing::error!(%error, "storage failed; stopping the node");
-                break;
-            }
+            self.announce_neighbours();
+            failed = self.end_iteration(&mut effects, &mut deferred).is_err();
         }
-        // Graceful end: make this iteration's work durable, say goodbye.
-        let now_ms = self.now_ms();
-        self.engine.handle(Input::Flush { now_ms }, &mut effects);
-        if let Err(error) = self.execute(&mut effects, &mut deferred) {
-            tracing::error!(%error, "storage failed during shutdown");
+        if failed {
+            // Nothing of this iteration is durable: no acknowledgement, no broadcast.
+            self.discard_iteration(&mut effects, &mut deferred);
+        } else {
+            // Graceful end: make this iteration's work durable, wait for everything in
+            // flight, say goodbye.
+            let now_ms = self.now_ms();
+            self.engine.handle(Input::Flush { now_ms }, &mut effects);
+            if self.end_iteration(&mut effects, &mut deferred).is_ok() {
+                while !self.in_flight.is_empty() {
+                    if self.on_committed(committed_rx.recv().await).is_err() {
+                        break;
+                    }
+                }
+            }
         }
         self.transport.shutdown().await;
         if let Err(error) = self.peer_store.flush() {
@@ -819,14 +910,36 @@ impl Shell {
         let _ = stopped.send(true);
     }
 
+    /// Tells every peer which nodes this one is connected to, when that changed.
+    fn announce_neighbours(&mut self) {
+        if !std::mem::take(&mut self.neighbours_changed) {
+            return;
+        }
+        // A cut list only makes the others relay more to us.
+        let peers: Vec<NodeId> = self
+            .connected
+            .iter()
+            .copied()
+            .take(MAX_PEERS_PER_MESSAGE)
+            .collect();
+        self.transport
+            .broadcast(&Message::Neighbours { peers }, None);
+    }
+
     fn on_transport(&mut self, event: TransportEvent, effects: &mut Vec<Effect>) {
         match event {
             TransportEvent::Connected { peer, .. } => {
+                self.connected.insert(peer);
+                self.neighbours.remove(&peer);
+                self.neighbours_changed = true;
                 self.engine.handle(Input::Connected { peer }, effects);
                 // Peer exchange: ask every new peer whom it knows.
                 let _ = self.transport.send(&peer, &Message::GetPeers);
             }
             TransportEvent::Disconnected { peer, .. } => {
+                self.connected.remove(&peer);
+                self.neighbours.remove(&peer);
+                self.neighbours_changed = true;
                 self.engine.handle(Input::Disconnected { peer }, effects);
                 // The next RPC poll links it again (with a fresh `Connected`) if still a member.
                 self.rpc_links.remove(&peer);
@@ -855,15 +968,29 @@ impl Shell {
                     }
                 }
             }
+            TransportEvent::Message {
+                peer,
+                message: Message::Neighbours { peers },
+            } => {
+                // Bounded by the protocol limit; kept only while the peer is connected.
+                if self.connected.contains(&peer) {
+                    self.neighbours.insert(peer, peers.into_iter().collect());
+                }
+            }
             TransportEvent::Message { peer, message } => {
                 match self.engine.check_message(&peer, message) {
-                    Ok(Some(message)) => self.engine.handle(
-                        Input::Peer {
-                            from: peer,
-                            message,
-                        },
-                        effects,
-                    ),
+                    Ok(Some(message)) => {
+                        if let crate::engine::PeerInput::SyncResponse { batches, .. } = &message {
+                            self.relay.batches_repaired += batches.len() as u64;
+                        }
+                        self.engine.handle(
+                            Input::Peer {
+                                from: peer,
+                                message,
+                            },
+                            effects,
+                        )
+                    }
                     Ok(None) => {}
                     Err(what) => {
                         metrics::counter!("p2p_exchange_misbehaviour_total", "node" => self.status_base.node_label.clone())
@@ -1083,8 +1210,8 @@ impl Shell {
         out
     }
 
-    fn answer_rpc(&mut self) {
-        for waiting in std::mem::take(&mut self.rpc_waiting) {
+    fn answer_rpc(&mut self, rpc_waiting: Vec<RpcWaiting>) {
+        for waiting in rpc_waiting {
             match waiting {
                 RpcWaiting::Deliver(from, reply) => {
                     let messages = self.drain_outbox(&from);
@@ -1138,30 +1265,96 @@ impl Shell {
         })
     }
 
-    /// Executes effects: durable records first, one fsync, then everything else.
-    fn execute(
+    /// Ends a loop iteration: its records go to the storage thread as one job, the rest
+    /// waits in line until they (and every earlier iteration's) are durable.
+    fn end_iteration(
         &mut self,
         effects: &mut Vec<Effect>,
         deferred: &mut Vec<Deferred>,
     ) -> Result<(), Error> {
-        let started = Instant::now();
-        if let Err(error) = self.persist(effects) {
-            // Nothing of this iteration is durable: no acknowledgement, no broadcast.
-            self.discard_iteration(effects, deferred);
+        let mut ops = Vec::new();
+        let mut rest = Vec::with_capacity(effects.len());
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Persist(record) => ops.push(Op::Append(record)),
+                Effect::WipeLog => ops.push(Op::Wipe),
+                other => rest.push(other),
+            }
+        }
+        let rpc_waiting = std::mem::take(&mut self.rpc_waiting);
+        if ops.is_empty() && rest.is_empty() && deferred.is_empty() && rpc_waiting.is_empty() {
+            return Ok(());
+        }
+        let job = (!ops.is_empty()).then(|| {
+            self.next_job += 1;
+            self.next_job
+        });
+        self.in_flight.push_back(Iteration {
+            job,
+            effects: rest,
+            deferred: std::mem::take(deferred),
+            rpc_waiting,
+        });
+        if let Some(id) = job
+            && let Err(error) = self.writer.submit(id, ops)
+        {
+            tracing::error!(%error, "storage failed; stopping the node");
+            self.fail_in_flight();
             return Err(error);
         }
-        let persisted = effects
-            .iter()
-            .filter(|e| matches!(e, Effect::Persist(_)))
-            .count();
-        if persisted > 0 {
-            let node = self.status_base.node_label.clone();
-            metrics::counter!("p2p_exchange_fsyncs_total", "node" => node.clone()).increment(1);
-            metrics::counter!("p2p_exchange_records_persisted_total", "node" => node.clone())
-                .increment(persisted as u64);
-            metrics::histogram!("p2p_exchange_fsync_seconds", "node" => node)
-                .record(started.elapsed().as_secs_f64());
+        self.release();
+        Ok(())
+    }
+
+    /// A storage answer: releases what became durable, or fails everything in flight.
+    fn on_committed(&mut self, committed: Option<Committed>) -> Result<(), Error> {
+        let error = match committed {
+            Some(Committed { id, result: Ok(()) }) => {
+                if let Some(iteration) = self.in_flight.iter_mut().find(|i| i.job == Some(id)) {
+                    iteration.job = None;
+                }
+                self.release();
+                return Ok(());
+            }
+            Some(Committed {
+                result: Err(error), ..
+            }) => error,
+            None => Error::storage(
+                crate::storage::LOG_FILE,
+                std::io::Error::other("the storage thread stopped"),
+            ),
+        };
+        tracing::error!(%error, "storage failed; stopping the node");
+        self.fail_in_flight();
+        Err(error)
+    }
+
+    /// Executes, in order, every iteration at the head of the line that is durable.
+    fn release(&mut self) {
+        while self.in_flight.front().is_some_and(|i| i.job.is_none()) {
+            if let Some(iteration) = self.in_flight.pop_front() {
+                self.dispatch(iteration);
+            }
         }
+    }
+
+    /// After a storage failure nothing in flight is durable: no acknowledgement, no message.
+    fn fail_in_flight(&mut self) {
+        while let Some(mut iteration) = self.in_flight.pop_front() {
+            self.discard_iteration(&mut iteration.effects, &mut iteration.deferred);
+        }
+    }
+
+    /// Sends a durable iteration's messages and answers its clients.
+    fn dispatch(&mut self, iteration: Iteration) {
+        let Iteration {
+            mut effects,
+            mut deferred,
+            rpc_waiting,
+            ..
+        } = iteration;
+        let effects = &mut effects;
+        let deferred = &mut deferred;
         let mut books = BTreeSet::new();
         for effect in effects.drain(..) {
             match effect {
@@ -1174,7 +1367,7 @@ impl Shell {
                     }
                 }
                 Effect::Broadcast { message, except } => {
-                    self.transport.broadcast(&message, except.as_ref());
+                    self.broadcast(&message, except);
                     if !self.rpc_links.is_empty() {
                         let links: Vec<NodeId> = self
                             .rpc_links
@@ -1242,21 +1435,47 @@ impl Shell {
                 Deferred::Read(request) => self.answer(request),
             }
         }
-        self.answer_rpc();
-        Ok(())
+        self.answer_rpc(rpc_waiting);
     }
 
-    /// Appends this iteration's records and makes them durable (one fsync). Once the store
-    /// has failed it is never written or synced again.
-    fn persist(&mut self, effects: &[Effect]) -> Result<(), Error> {
-        for effect in effects {
-            match effect {
-                Effect::Persist(record) => self.store.append(record)?,
-                Effect::WipeLog => self.store.wipe()?,
-                _ => {}
+    /// Broadcasts over TCP. A relay (a batch or frontier of another origin) skips the peers
+    /// directly connected to its origin: they have it from the origin itself. A stale list
+    /// costs at most a duplicate, or a gap that anti-entropy fills.
+    fn broadcast(&mut self, message: &Message, except: Option<NodeId>) {
+        let origin = match message {
+            Message::Batch(batch) => Some(batch.origin()),
+            Message::Frontier(frontier) => Some(frontier.origin),
+            _ => None,
+        };
+        let Some(origin) = origin.filter(|o| *o != self.engine.node_id()) else {
+            self.transport.broadcast(message, except.as_ref());
+            return;
+        };
+        let frame = match Codec::encode_frame(message) {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::warn!(%error, "cannot encode a relay");
+                return;
+            }
+        };
+        let (mut sent, mut skipped) = (0, 0);
+        for peer in &self.connected {
+            if Some(*peer) == except {
+                continue;
+            }
+            let has_it = *peer == origin
+                || self
+                    .neighbours
+                    .get(peer)
+                    .is_some_and(|n| n.contains(&origin));
+            if has_it {
+                skipped += 1;
+            } else if self.transport.send_frame(peer, frame.clone()).is_ok() {
+                sent += 1;
             }
         }
-        self.store.sync()
+        self.relay.relays_sent += sent;
+        self.relay.relays_skipped += skipped;
     }
 
     /// After a storage failure: drops the iteration's effects (nothing is sent or
@@ -1313,6 +1532,9 @@ impl Shell {
                     peers: self.transport.peers().len(),
                     settlement_ms_p50: self.latency_percentile(50),
                     settlement_ms_p99: self.latency_percentile(99),
+                    relays_sent: self.relay.relays_sent,
+                    relays_skipped: self.relay.relays_skipped,
+                    batches_repaired: self.relay.batches_repaired,
                     engine: self.engine.status(),
                 });
             }

@@ -212,6 +212,144 @@ impl Store {
     }
 }
 
+/// One durable operation handed to the [`Writer`].
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// Append a record.
+    Append(Record),
+    /// Erase the log.
+    Wipe,
+}
+
+/// The storage thread's answer for one submitted job: its operations are durable (or not).
+#[derive(Debug)]
+pub(crate) struct Committed {
+    /// The id the job was submitted with.
+    pub(crate) id: u64,
+    /// `Ok` once every operation of the job (and of every earlier job) is on disk.
+    pub(crate) result: Result<(), Error>,
+}
+
+/// Group commit on a dedicated thread: the event loop submits each iteration's records as
+/// one job and keeps working; the thread appends every job that is waiting, makes them durable
+/// with one fsync, and answers each job in submission order on a bounded channel.
+///
+/// The caller keeps at most `capacity` jobs unanswered (it counts [`Committed`] answers), so
+/// neither channel ever fills: [`Writer::submit`] never blocks, and neither does the thread.
+/// Once a write or fsync fails, that job and every later one fail (the [`Store`] refuses all
+/// further work).
+#[derive(Debug)]
+pub(crate) struct Writer {
+    jobs: std::sync::mpsc::SyncSender<(u64, Vec<Op>)>,
+}
+
+/// Resolves once the storage thread has ended and closed the store (the data directory's lock
+/// is free again).
+#[derive(Debug)]
+pub(crate) struct Closed(tokio::sync::oneshot::Receiver<()>);
+
+impl Closed {
+    /// Waits until the storage thread has closed the store.
+    pub(crate) async fn wait(self) {
+        let _ = self.0.await;
+    }
+}
+
+impl Writer {
+    /// Moves `store` to a new thread. `label` is the `node` label of its metrics.
+    pub(crate) fn spawn(
+        store: Store,
+        capacity: usize,
+        label: String,
+    ) -> Result<(Writer, tokio::sync::mpsc::Receiver<Committed>, Closed), Error> {
+        let capacity = capacity.max(1);
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel(capacity);
+        let (committed_tx, committed_rx) = tokio::sync::mpsc::channel(capacity);
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+        let log_path = store.log_path.clone();
+        std::thread::Builder::new()
+            .name("storage".to_owned())
+            .spawn(move || {
+                write_jobs(store, &jobs_rx, &committed_tx, &label);
+                // The store (and its lock) is dropped before the thread says it is closed.
+                drop(closed_tx);
+            })
+            .map_err(|e| Error::storage(&log_path, e))?;
+        Ok((Writer { jobs: jobs_tx }, committed_rx, Closed(closed_rx)))
+    }
+
+    /// Hands a job to the thread. Fails if the thread is gone, or (a caller bug) if more than
+    /// `capacity` jobs are unanswered.
+    pub(crate) fn submit(&self, id: u64, ops: Vec<Op>) -> Result<(), Error> {
+        self.jobs.try_send((id, ops)).map_err(|e| {
+            let what = match e {
+                std::sync::mpsc::TrySendError::Full(_) => "the storage queue is full",
+                std::sync::mpsc::TrySendError::Disconnected(_) => "the storage thread has stopped",
+            };
+            Error::storage(LOG_FILE, std::io::Error::other(what))
+        })
+    }
+}
+
+/// The storage thread: one fsync per group of waiting jobs, answers in order.
+fn write_jobs(
+    mut store: Store,
+    jobs: &std::sync::mpsc::Receiver<(u64, Vec<Op>)>,
+    committed: &tokio::sync::mpsc::Sender<Committed>,
+    label: &str,
+) {
+    let mut group = Vec::new();
+    while let Ok(first) = jobs.recv() {
+        group.push(first);
+        while let Ok(next) = jobs.try_recv() {
+            group.push(next);
+        }
+        let started = std::time::Instant::now();
+        let mut records = 0u64;
+        let mut result = Ok(());
+        'ops: for (_, ops) in &group {
+            for op in ops {
+                result = match op {
+                    Op::Append(record) => {
+                        records += 1;
+                        store.append(record)
+                    }
+                    Op::Wipe => store.wipe(),
+                };
+                if result.is_err() {
+                    break 'ops;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = store.sync();
+        }
+        if records > 0 && result.is_ok() {
+            metrics::counter!("p2p_exchange_fsyncs_total", "node" => label.to_owned()).increment(1);
+            metrics::counter!("p2p_exchange_records_persisted_total", "node" => label.to_owned())
+                .increment(records);
+            metrics::histogram!("p2p_exchange_fsync_seconds", "node" => label.to_owned())
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("p2p_exchange_commit_group_jobs", "node" => label.to_owned())
+                .record(group.len() as f64);
+        }
+        let failure = result.err().map(|e| e.to_string());
+        for (id, _) in group.drain(..) {
+            let result = match &failure {
+                None => Ok(()),
+                Some(text) => Err(Error::storage(
+                    &store.log_path,
+                    std::io::Error::other(text.clone()),
+                )),
+            };
+            // The event loop is gone (the node stopped or crashed): nobody waits for answers.
+            if committed.blocking_send(Committed { id, result }).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Reads every intact record; returns them and the length of the intact prefix.
 fn read_records(file: &mut File, path: &Path) -> Result<(Vec<Record>, u64), Error> {
     file.seek(SeekFrom::Start(0))
@@ -437,5 +575,67 @@ mod tests {
         drop(store);
         let (_store, records) = Store::open(dir.path()).expect("reopen");
         assert_eq!(records, vec![settled(1)]);
+    }
+
+    async fn next(rx: &mut tokio::sync::mpsc::Receiver<Committed>) -> Committed {
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an answer within 10 s")
+            .expect("the storage thread answers")
+    }
+
+    #[tokio::test]
+    async fn the_writer_answers_jobs_in_order_once_durable_and_frees_the_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path()).expect("open");
+        let (writer, mut committed, closed) =
+            Writer::spawn(store, 8, "test".to_owned()).expect("spawn");
+        for id in 0..8u64 {
+            let ops = (1..=3).map(|n| Op::Append(settled(id * 3 + n))).collect();
+            writer.submit(id, ops).expect("submit");
+        }
+        for id in 0..8u64 {
+            let answer = next(&mut committed).await;
+            assert_eq!(answer.id, id);
+            assert!(answer.result.is_ok(), "{:?}", answer.result);
+        }
+        // A wipe is ordered with the appends around it.
+        writer
+            .submit(8, vec![Op::Wipe, Op::Append(settled(100))])
+            .expect("submit");
+        assert!(next(&mut committed).await.result.is_ok());
+        drop(writer);
+        closed.wait().await;
+        let (_store, records) = Store::open(dir.path()).expect("the lock is free again");
+        assert_eq!(records, vec![settled(100)]);
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_every_later_job_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, _) = Store::open(dir.path()).expect("open");
+        let full = OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        store.log = BufWriter::new(full);
+        let (writer, mut committed, closed) =
+            Writer::spawn(store, 4, "test".to_owned()).expect("spawn");
+        writer
+            .submit(1, vec![Op::Append(settled(1))])
+            .expect("submit");
+        let first = next(&mut committed).await;
+        assert_eq!(first.id, 1);
+        assert!(first.result.is_err(), "a write to a full disk succeeded");
+        writer
+            .submit(2, vec![Op::Append(settled(2))])
+            .expect("submit");
+        let second = next(&mut committed).await;
+        assert_eq!(second.id, 2);
+        assert!(second.result.is_err(), "the failed store was written again");
+        drop(writer);
+        closed.wait().await;
+        let (_store, records) = Store::open(dir.path()).expect("reopen");
+        assert!(records.is_empty());
     }
 }
