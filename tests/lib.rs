@@ -1,6 +1,11 @@
 //! Helpers shared by the workspace-level integration tests: real `p2p-exchange` processes on
 //! 127.0.0.1, a small JSON client for their API, and waits with deadlines.
 //!
+//! For faults with real processes, [`Netns`] builds an isolated bridge of network namespaces
+//! whose links can be cut one way or both ([`Netns::block`], [`Netns::partition`],
+//! [`Netns::heal_all`]), and [`NsNode`] can be crashed, restarted on its data and paused
+//! ([`NsNode::kill9`], [`NsNode::restart`], [`NsNode::pause`]).
+//!
 //! The binary is taken from `P2P_EXCHANGE_BIN` when set (the test command builds it once and
 //! sets it); otherwise it is built with `cargo build -p node-bin`.
 

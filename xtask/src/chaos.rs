@@ -1068,23 +1068,42 @@ fn final_checks(shared: &Shared, nodes: &[Endpoint]) -> usize {
         .map(|a| format!("/v1/orders/{}", a.order_id))
         .collect();
     let mut orders_on_first: BTreeMap<String, Value> = BTreeMap::new();
-    for node in nodes {
-        let answers = match node.get_many(&paths, timeout) {
-            Ok(a) => a,
-            Err(e) => {
+    // Every node's answers first, so a missing order's report can say what the node that
+    // acknowledged it shows.
+    let answers: Vec<Vec<(u16, String)>> = nodes
+        .iter()
+        .map(|node| {
+            node.get_many(&paths, timeout).unwrap_or_else(|e| {
                 shared.violation(3, format!("node{}: {e:#}", node.index));
-                continue;
-            }
+                Vec::new()
+            })
+        })
+        .collect();
+    let on_origin = |k: usize, a: &Acked| -> String {
+        let Some((200, text)) = answers.get(a.node - 1).and_then(|list| list.get(k)) else {
+            return format!("node{} lacks it too", a.node);
         };
-        for (a, (code, text)) in acked.iter().zip(answers) {
-            let order = match (code, serde_json::from_str::<Value>(&text)) {
+        let order: Value = serde_json::from_str(text).unwrap_or_default();
+        format!(
+            "node{} shows it {} ({})",
+            a.node,
+            order["status"].as_str().unwrap_or("?"),
+            order["reason"].as_str().unwrap_or("no reason")
+        )
+    };
+    for (node, answers) in nodes.iter().zip(&answers) {
+        for (k, (a, (code, text))) in acked.iter().zip(answers).enumerate() {
+            let order = match (code, serde_json::from_str::<Value>(text)) {
                 (200, Ok(order)) => order,
                 _ => {
                     shared.violation(
                         3,
                         format!(
-                            "order {} (acked by node{}) is missing on node{}: {code} {text}",
-                            a.order_id, a.node, node.index
+                            "order {} is missing on node{} ({code} {}); {}",
+                            a.order_id,
+                            node.index,
+                            error_code(text),
+                            on_origin(k, a)
                         ),
                     );
                     continue;

@@ -52,6 +52,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
         "cargo xtask demo --check --debug --base-port 5500 --duration 5"
     )
     .run()?;
+    // Real-process faults (kill -9, pauses, partitions, one-way loss) on 5 nodes in network
+    // namespaces, one fixed seed so CI is repeatable; `cargo xtask chaos --seed N` explores.
+    cmd!(
+        sh,
+        "cargo xtask chaos --debug --nodes 5 --duration 20 --seed 2 --settle-timeout 30"
+    )
+    .run()?;
     Ok(())
 }
 
