@@ -30,9 +30,10 @@
 //!    `m` is *suspect* when silent for [`EngineConfig::evict_after_ms`] (0: never). Only
 //!    members vote, and only in networks of at least three members.
 //! 3. On suspecting `m` a member asks every peer for `m`'s events (`SyncRequest`) and votes no
-//!    earlier than [`VOTE_FETCH_MS`] later; if other votes name a higher `last_seq` than it
-//!    holds, it fetches from those voters first. It votes `last_seq = delivered(m)`, once per
-//!    key, ever: [`Record::Vote`] is persisted before the vote leaves, and a restarted node
+//!    earlier than [`VOTE_FETCH_MS`] later, and only while it hears a majority of the members
+//!    (itself included: votes bind, rule 11, and a vote cast alone or on a minority side could
+//!    never decide anything); if other votes name a higher `last_seq` than it holds, it
+//!    fetches from those voters first. It votes `last_seq = delivered(m)`, once per key, ever: [`Record::Vote`] is persisted before the vote leaves, and a restarted node
 //!    re-sends its stored vote instead of casting a new one.
 //! 4. Votes are kept only for current members as voter and target (voter ≠ target) and the
 //!    target's current incarnation. A second, different vote of one voter for one key is
@@ -40,17 +41,22 @@
 //!    New votes are relayed; votes for still-suspect targets are re-broadcast every
 //!    [`VOTE_REBROADCAST_MS`].
 //! 5. When votes of a majority of the current members (`> members / 2`) agree on one
-//!    `last_seq = N`, a member that is not the target, *still suspects it*, holds its events up
-//!    to `N` and has settled none of its events after `N` creates
+//!    `last_seq = N`, a member that is not the target, *still suspects it or voted against
+//!    it*, holds its events up to `N` and has settled none of its events after `N` creates
 //!    `Evict { target, last_seq: N, epoch, votes }` (votes sorted by voter), unless it already
 //!    delivered one for that key. Duplicates are harmless.
 //! 6. Delivering a valid `Evict` (target a member of that incarnation, not its creator; votes
 //!    of distinct members other than the target, a majority, signatures valid) records the cut
 //!    `N` (a second decision with another `N` is an error, counted, never applied). The
 //!    target's unsettled events after `N` leave the log (their orders are `rejected` with
-//!    [`EVICTED_REASON`]) and later ones are dropped on arrival. The target no longer holds
-//!    settlement back once this node holds its events up to `N`. An `Evict` not yet checkable
-//!    (membership behind) waits in a small list, re-checked as membership changes.
+//!    [`EVICTED_REASON`]) and later ones are delivered *void*: they advance its delivered seq,
+//!    are persisted and served to anti-entropy like any batch, but are never ordered (no
+//!    lamport or settled-frontier checks, never in the unsettled set); a void `Place` becomes
+//!    an order record `rejected` with [`EVICTED_REASON`], anything else does nothing. So every
+//!    order a client was told about is on every node. The target no longer holds settlement
+//!    back once this node holds its events up to `N`. An `Evict` not yet checkable
+//!    (membership behind) waits in a small list, re-checked as membership changes (also
+//!    during replay, so a replayed log voids the same events).
 //! 7. At the `Evict`'s settled position (if no cut was recorded at delivery, it is checked
 //!    against the settled membership first): if the target is still a member of that
 //!    incarnation and the recorded cut is this `N`, it is removed, `epoch += 1`,
@@ -60,18 +66,73 @@
 //!    orders ([`Phase::Joining`]) and asks to join again.
 //! 9. A returning node gets a new `Join { member, first_seq }` whose `first_seq` is one past
 //!    the highest seq it reported for itself in its `NetworkInfo` (or that the sponsor holds).
-//!    Delivering it sets the member's delivered seq to at least `first_seq - 1` (the range
-//!    between the cut and `first_seq` stays cut) and its events resume at `first_seq`.
+//!    Its events between the cut and `first_seq` are void (rule 6): every node fetches them
+//!    like any others (the returning node holds them all), so delivered seqs line up with
+//!    `first_seq` everywhere, and its ordered events resume at `first_seq`.
 //! 10. A node back within `evict_after_ms` (a quick restart) is simply caught up. A
 //!     (re)connecting member is not suspect any more, so stale votes are not acted on.
 //!
-//! Known limits: votes are never withdrawn and settlement does not wait for them, so an
-//! eviction decided while a partition heals can cut an event that a node (typically the
-//! target itself) already settled; that node then diverges, which its digest gossip reports.
-//! A decision taken while the target was unreachable is normally safe: the target trusts no
-//! new frontier of a deciding member before it has delivered that member's `Evict`. A relay
-//! can keep a dead member looking alive by replaying its last frontier (a liveness, not a
-//! safety, issue).
+//! 11. Acks, and votes as promises. Every frontier carries the signer's *acks*: for each
+//!     current member and pending joiner, the highest seq of it delivered here. After voting
+//!     `(target, incarnation, N)` (cast, restored from the log, or our own vote adopted back
+//!     from a peer) a node never acks the target beyond `N` until that incarnation ends (the
+//!     `Evict` applied, or the target back with a new incarnation), with two refinements: it
+//!     may ack as far as a majority of the electorate acks *without it* (any decision's voters
+//!     then include one of those ackers, whose vote is at least that seq, so its own vote
+//!     cannot be in a decision below it), and when this node is itself evicted its votes of
+//!     that incarnation are released (never re-cast, re-sent or adopted again). A node that did
+//!     not vote acks a target with a recorded cut no further than the cut. A member announces
+//!     when its acks move, like when `(seq, lamport)` moves (same
+//!     [`EngineConfig::frontier_min_interval_ms`] coalescing). Receivers keep, per origin, the
+//!     acks of its verified frontiers merged by maximum (acks only grow; its frontier `seq`
+//!     is its own ack), and a frontier is news (verified, kept, relayed) if its lamport is
+//!     higher than the highest announced, or equal and it raises any ack held: the merged
+//!     view's ack total grows (a total over one frontier alone would shrink when a member
+//!     leaves the list, and hide news).
+//! 12. Majority-held settlement. An event `(origin, seq)` settles only when, besides
+//!     `lamport <= S`, a majority (`> n / 2`) of the *electorate* acks `seq` or more for its
+//!     origin. The electorate is the current members plus the nodes admitted by delivered,
+//!     unsettled `Join`s ordered before the event (as in [`Engine::settled_frontier`], a joiner
+//!     counts from its `Join` on). This node counts by its own ack (what it holds, within its
+//!     cap). No majority is needed when the origin is not in the electorate (its orders are
+//!     rejected at settlement) or when a recorded decision of the origin's current
+//!     incarnation keeps the event (`seq <= N`: the one decision of that incarnation can never
+//!     cut it). The settle loop stays in key order: the first event lacking its majority stops
+//!     it. In a network of one the node alone is the majority; of two, both. Replay settles up
+//!     to the durable `Settled` marker without this check (those events were majority-held
+//!     when first settled). Why it is safe: an eviction needs a majority of equal votes, a
+//!     settlement a majority of acks; the two majorities share a member, who either acked `seq`
+//!     before voting (its vote, and so the decision's `N`, is at least `seq`) or voted first
+//!     (it never acks beyond its vote). So no decision ever cuts a settled event, and a member
+//!     that hears the others but is heard by nobody (one-way loss, a stopped process) can no
+//!     longer settle its own events that the others will cut. A node does not, as a separate
+//!     rule, refuse to settle a target's events beyond its own vote: counting itself only
+//!     within its cap is what safety needs, and the separate rule stalls a healed minority for
+//!     good (it voted against the majority's members, whose later events the majority holds
+//!     and settles).
+//! 13. Joining a blocking vote. When the electorate members whose votes cap them at or below
+//!     some `N` leave at most half of the electorate uncapped, no event of the target after `N`
+//!     can ever gather a majority, here or anywhere: a member that holds the target's events up
+//!     to `N`, has not voted for that key and hears a majority votes `N` too (the highest such
+//!     `N`), even if it does not suspect the target, and may then decide (rule 5). Voting `N`
+//!     cuts nothing settled, and the eviction ends a block that would otherwise stall
+//!     settlement for good (say two of four members voted while the fourth still heard the
+//!     target).
+//!
+//! Known limits. Votes are never withdrawn: a vote that never becomes a decision caps its
+//! voter's acks for that incarnation for good. When the capped voters block the target (rule
+//! 13) but no single `N` can reach a majority (split values, e.g. 2 and 3 among four members,
+//! with nobody left to vote), the target's later events never gather a majority and, the
+//! settle loop being in key order, settlement stops behind the first of them on every node
+//! alike: a stall, never a divergence (there is no second round of votes). Decisions take effect at delivery, not in log order: two
+//! members that decide against each other at the same time (each a majority in its own view)
+//! void each other's later events, the `Evict`s included, in whichever order they arrive, so
+//! two nodes may record different cuts and diverge (their digest gossip reports it). A `Join`
+//! of a returning node delivered before its eviction is checkable here leaves the cut without
+//! its resume point, so that node's later events stay void here. Pending joiners widen the
+//! electorate of settlement but not that of a decision taken in the settled membership; the
+//! quorum argument assumes the two are the same membership. A relay can keep a dead member
+//! looking alive by replaying its last frontier (a liveness, not a safety, issue).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -495,7 +556,9 @@ pub struct EngineStatus {
     pub lamport: u64,
     /// The state digest (hex).
     pub digest: String,
-    /// The members whose frontier holds settlement back (hex), when events are pending.
+    /// The members settlement waits for (hex), when events are pending: those whose frontier
+    /// is below the first pending event, or, once every frontier is above it, those that do
+    /// not ack it yet (it lacks a majority of holders).
     pub waiting_for: Vec<String>,
     /// Events rejected (bad lamport, below the settled frontier).
     pub rejected_events: u64,
@@ -540,6 +603,9 @@ struct OriginState {
     settled: u64,
     /// When a frontier of the origin was last taken as a sign of life (and relayed).
     alive_ms: Option<u64>,
+    /// The acks of the origin's frontiers (signatures verified), merged by maximum: node ->
+    /// the highest seq of it the origin holds. Its own frontier `seq` counts as its own ack.
+    acks: BTreeMap<NodeId, u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -649,6 +715,8 @@ pub struct Engine {
     now_ms: u64,
     started_ms: Option<u64>,
     last_frontier: (u64, u64),
+    /// The acks of the last frontier announced.
+    last_acks: Vec<(NodeId, u64)>,
     last_frontier_ms: Option<u64>,
     last_sync_ms: Option<u64>,
     last_digest_ms: Option<u64>,
@@ -667,8 +735,12 @@ pub struct Engine {
     suspects: BTreeMap<NodeId, Suspect>,
     /// (target, incarnation) -> voter -> (last_seq, signature); only current members.
     votes: BTreeMap<(NodeId, u64), BTreeMap<NodeId, (u64, Signature)>>,
-    /// This node's own votes, ever (persisted as [`Record::Vote`]).
+    /// This node's own votes (persisted as [`Record::Vote`]), until its own eviction ends the
+    /// incarnation it cast them in.
     my_votes: BTreeMap<(NodeId, u64), u64>,
+    /// Keys of this node's votes released by its own eviction: never cast, re-sent or adopted
+    /// again (rebuilt by replay, as the eviction is replayed after the votes).
+    released_votes: BTreeSet<(NodeId, u64)>,
     cuts: BTreeMap<NodeId, Cut>,
     /// Delivered `Evict` events not yet checkable, with the epoch they were last checked at.
     pending_evicts: Vec<Event>,
@@ -751,6 +823,7 @@ impl Engine {
             now_ms: 0,
             started_ms: None,
             last_frontier: (0, 0),
+            last_acks: Vec::new(),
             last_frontier_ms: None,
             last_sync_ms: None,
             last_digest_ms: None,
@@ -765,6 +838,7 @@ impl Engine {
             suspects: BTreeMap::new(),
             votes: BTreeMap::new(),
             my_votes: BTreeMap::new(),
+            released_votes: BTreeSet::new(),
             cuts: BTreeMap::new(),
             pending_evicts: Vec::new(),
             pending_evicts_checked: 0,
@@ -838,13 +912,9 @@ impl Engine {
     /// Whether a batch of `origin` ending at `last_seq` would add anything (lets the
     /// shell skip verifying duplicates, which flooding produces a lot of).
     pub fn wants_batch(&self, origin: &NodeId, last_seq: u64) -> bool {
-        let delivered = self.origins.get(origin).map_or(0, |st| st.delivered);
-        // Events after an eviction's cut are honest copies nobody applies: skip them unverified.
-        let cut = self
-            .cuts
-            .get(origin)
-            .is_some_and(|cut| cut.drops(delivered.saturating_add(1)));
-        last_seq > delivered && !cut
+        // Events after an eviction's cut are delivered too (as void), so every node holds the
+        // evicted node's orders and can say they were rejected.
+        last_seq > self.origins.get(origin).map_or(0, |st| st.delivered)
     }
 
     /// Whether a vote adds anything (lets the shell skip verifying the copies flooding brings).
@@ -865,7 +935,9 @@ impl Engine {
         self.evictions
     }
 
-    /// Whether a frontier of `origin` at `lamport` is news (the shell skips verifying old ones).
+    /// Whether a frontier of `origin` at `lamport` is news by its lamport alone (the shell
+    /// skips verifying old ones). It ignores acks: [`Engine::wants_signed_frontier`] is the
+    /// full test, which [`Engine::check_message`] uses.
     ///
     /// With eviction on, an idle member's repeated frontier is also news once per heartbeat:
     /// relayed, it tells members that are not its neighbours that it is alive.
@@ -875,6 +947,25 @@ impl Engine {
                 lamport > st.announced
                     || (lamport == st.announced && self.repeat_is_news(origin, st))
             })
+    }
+
+    /// Whether a signed frontier is news: its lamport is higher than the highest announced one
+    /// of its origin, or equal and it acks more than the origin's frontiers acked so far (acks
+    /// only grow), or it is an idle member's repeat that counts as a sign of life.
+    ///
+    /// The shell and the relay dedup use this to skip verifying and relaying old frontiers.
+    pub fn wants_signed_frontier(&self, frontier: &SignedFrontier) -> bool {
+        let origin = &frontier.origin;
+        if *origin == self.me {
+            return false;
+        }
+        let Some(st) = self.origins.get(origin) else {
+            return true;
+        };
+        frontier.lamport > st.announced
+            || (frontier.lamport == st.announced
+                && (acks_are_news(st, frontier.seq, origin, &frontier.acks)
+                    || self.repeat_is_news(origin, st)))
     }
 
     fn repeat_is_news(&self, origin: &NodeId, st: &OriginState) -> bool {
@@ -960,6 +1051,22 @@ impl Engine {
     /// A status snapshot.
     pub fn status(&self) -> EngineStatus {
         let waiting_for = match self.unsettled.keys().next() {
+            Some(&key) if self.settled_frontier().is_some_and(|s| key.0 <= s) => {
+                // Below the settled frontier: what is missing is a majority holding it.
+                let (origin, seq) = (key.1, key.2);
+                self.electorate(Some(&key))
+                    .into_iter()
+                    .filter(|m| {
+                        *m != self.me
+                            && self
+                                .origins
+                                .get(m)
+                                .and_then(|st| st.acks.get(&origin))
+                                .is_none_or(|acked| *acked < seq)
+                    })
+                    .map(|m| m.to_string())
+                    .collect()
+            }
             Some(&(lamport, _, _)) => self
                 .members
                 .iter()
@@ -1050,14 +1157,16 @@ impl Engine {
                         to: peer,
                         message: self.sync_request(),
                     });
-                    if self.last_frontier.1 > 0 {
+                    if self.last_frontier.1 > 0
+                        && let Some(frontier) = self.sign_frontier(
+                            self.last_frontier.0,
+                            self.last_frontier.1,
+                            self.last_acks.clone(),
+                        )
+                    {
                         out.push(Effect::Send {
                             to: peer,
-                            message: Message::Frontier(SignedFrontier::sign(
-                                &self.identity,
-                                self.last_frontier.0,
-                                self.last_frontier.1,
-                            )),
+                            message: Message::Frontier(frontier),
                         });
                     }
                 }
@@ -1097,7 +1206,7 @@ impl Engine {
                 PeerInput::Batch(batch.verify().map_err(|e| format!("bad batch: {e}"))?)
             }
             Message::Frontier(frontier) => {
-                if !self.wants_frontier(&frontier.origin, frontier.lamport) {
+                if !self.wants_signed_frontier(&frontier) {
                     return Ok(None);
                 }
                 PeerInput::Frontier(
@@ -1251,6 +1360,11 @@ impl Engine {
             }
             let (k, event) = entry.remove_entry();
             self.apply(k, event, &mut sink);
+            if !self.pending_evicts.is_empty() && self.pending_evicts_checked != self.epoch {
+                // As `settle` does: a decision may become checkable (and its cut recorded)
+                // before the void batches that follow it in the log.
+                self.recheck_pending_evicts();
+            }
         }
         self.persisted_settled = self.settled_key;
     }
@@ -1264,6 +1378,7 @@ impl Engine {
         // Never announce less than we may already have announced before a restart: every
         // frontier we sent was durable, so the replayed clock covers it.
         self.last_frontier = (own.0, 0);
+        self.last_acks.clear();
         // Replay ran at engine time 0: every member counts as heard at the first tick.
         self.last_heard.clear();
         self.suspects.clear();
@@ -1527,20 +1642,158 @@ impl Engine {
             return;
         }
         let seq = self.origins.get(&self.me).map_or(0, |st| st.delivered);
-        let moved = (seq, self.clock) != self.last_frontier;
+        let acks = self.my_acks();
+        // Acks move without the clock when this node delivers events stamped below it: that is
+        // news too (settlement elsewhere waits for it).
+        let moved = (seq, self.clock) != self.last_frontier || acks != self.last_acks;
         let since = self
             .last_frontier_ms
             .map_or(u64::MAX, |at| now_ms.saturating_sub(at));
         let due = since >= self.config.frontier_min_interval_ms;
         let idle_due = since >= self.config.heartbeat_ms;
         if (moved && due) || (heartbeat && idle_due) {
+            let Some(frontier) = self.sign_frontier(seq, self.clock, acks.clone()) else {
+                return;
+            };
             self.last_frontier = (seq, self.clock);
+            self.last_acks = acks;
             self.last_frontier_ms = Some(now_ms);
             out.push(Effect::Broadcast {
-                message: Message::Frontier(SignedFrontier::sign(&self.identity, seq, self.clock)),
+                message: Message::Frontier(frontier),
                 except: None,
             });
         }
+    }
+
+    fn sign_frontier(
+        &self,
+        seq: u64,
+        lamport: u64,
+        acks: Vec<(NodeId, u64)>,
+    ) -> Option<SignedFrontier> {
+        match SignedFrontier::sign_with_acks(&self.identity, seq, lamport, acks) {
+            Ok(frontier) => Some(frontier),
+            Err(error) => {
+                // Only reachable through a bug: `my_acks` is sorted, distinct and bounded.
+                tracing::error!(%error, "cannot sign a frontier");
+                None
+            }
+        }
+    }
+
+    /// This node's acks: for every current member and pending joiner, the highest seq of it
+    /// delivered here, capped by this node's eviction vote against it (rule 11 of the module
+    /// docs), or by its recorded cut if this node did not vote.
+    fn my_acks(&self) -> Vec<(NodeId, u64)> {
+        self.electorate(None)
+            .into_iter()
+            .map(|m| (m, self.my_ack(&m)))
+            .filter(|(_, seq)| *seq > 0)
+            .take(peer_protocol::MAX_MEMBERS)
+            .collect()
+    }
+
+    /// The nodes whose acks settle the event at `key` (every event if `None`): the current
+    /// members, and the nodes admitted by a delivered, unsettled `Join` ordered before it (as
+    /// in [`Engine::settled_frontier`], a joiner counts from its `Join` on).
+    fn electorate(&self, key: Option<&Key>) -> BTreeSet<NodeId> {
+        let mut nodes = self.members.clone();
+        nodes.extend(
+            self.pending_joins
+                .iter()
+                .filter(|(join, _)| key.is_none_or(|key| *join < key))
+                .map(|(_, m)| *m),
+        );
+        nodes
+    }
+
+    /// The key of this node's vote against `member`'s current incarnation, if it is a member.
+    fn current_key(&self, member: &NodeId) -> Option<(NodeId, u64)> {
+        if !self.members.contains(member) {
+            return None;
+        }
+        self.incarnation.get(member).map(|inc| (*member, *inc))
+    }
+
+    /// The highest seq of `member` this node acks: what it holds, within its cap, or beyond
+    /// the cap as far as a majority of the others already acks (rule 11 of the module docs).
+    fn my_ack(&self, member: &NodeId) -> u64 {
+        let delivered = self.delivered(member);
+        let Some(cap) = self.ack_cap(member) else {
+            return delivered;
+        };
+        delivered.min(cap.max(self.acked_by_others(member)))
+    }
+
+    /// The highest seq of `member` that a majority of the electorate acks without this node:
+    /// acking up to there breaks no promise of this node's vote (any decision's voters include
+    /// one of those ackers, whose vote is at least that seq).
+    fn acked_by_others(&self, member: &NodeId) -> u64 {
+        let electorate = self.electorate(None);
+        let mut acks: Vec<u64> = electorate
+            .iter()
+            .filter(|m| **m != self.me)
+            .map(|m| {
+                self.origins
+                    .get(m)
+                    .and_then(|st| st.acks.get(member))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let needed = electorate.len() / 2 + 1;
+        if acks.len() < needed {
+            return 0;
+        }
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        acks[needed - 1]
+    }
+
+    /// The highest seq of `member` this node may ack: its own vote (a promise, until the
+    /// incarnation ends), else the recorded cut of its current incarnation.
+    fn ack_cap(&self, member: &NodeId) -> Option<u64> {
+        let key = self.current_key(member)?;
+        self.my_votes.get(&key).copied().or_else(|| {
+            self.cuts
+                .get(member)
+                .filter(|cut| cut.incarnation == key.1)
+                .map(|cut| cut.last_seq)
+        })
+    }
+
+    /// Whether the event `key` may settle here as far as holding goes (rule 12 of the module
+    /// docs): a majority of the electorate acks it, this node counting only within its own
+    /// cap (or a recorded decision keeps it, or its origin is no member at all).
+    fn majority_holds(&self, key: &Key) -> bool {
+        let (origin, seq) = (&key.1, key.2);
+        if self.incarnation.get(origin).is_some_and(|inc| {
+            self.cuts
+                .get(origin)
+                .is_some_and(|cut| cut.incarnation == *inc && seq <= cut.last_seq)
+        }) {
+            // The one decision of this incarnation keeps it: no cut can ever remove it.
+            return true;
+        }
+        let electorate = self.electorate(Some(key));
+        if !electorate.contains(origin) {
+            // Not a member (its orders are rejected at settlement) and not joining: nothing to
+            // protect.
+            return true;
+        }
+        let holders = electorate
+            .iter()
+            .filter(|m| {
+                if **m == self.me {
+                    self.my_ack(origin) >= seq
+                } else {
+                    self.origins
+                        .get(m)
+                        .and_then(|st| st.acks.get(origin))
+                        .is_some_and(|acked| *acked >= seq)
+                }
+            })
+            .count();
+        holders * 2 > electorate.len()
     }
 
     // ---- Timers ------------------------------------------------------------------------
@@ -1999,6 +2252,26 @@ impl Engine {
         if frontier.lamport() < st.announced {
             return;
         }
+        if frontier.lamport() == st.announced
+            && acks_are_news(st, frontier.seq(), &origin, frontier.acks())
+        {
+            // Same promise, more acks: news for settlement, relayed like a new frontier.
+            merge_acks(
+                st,
+                frontier.seq(),
+                &origin,
+                frontier.acks(),
+                &self.known_origins,
+            );
+            st.alive_ms = Some(now);
+            self.last_heard.insert(origin, now);
+            out.push(Effect::Broadcast {
+                message: Message::Frontier(frontier.into_signed()),
+                except: Some(from),
+            });
+            self.settle(out);
+            return;
+        }
         if frontier.lamport() == st.announced {
             // A repeat: only a sign of life, relayed at most once per heartbeat.
             let news = self
@@ -2019,6 +2292,13 @@ impl Engine {
         }
         st.announced = frontier.lamport();
         st.alive_ms = Some(now);
+        merge_acks(
+            st,
+            frontier.seq(),
+            &origin,
+            frontier.acks(),
+            &self.known_origins,
+        );
         self.last_heard.insert(origin, now);
         let st = self.origins.entry(origin).or_default();
         match st.pending_frontier {
@@ -2072,16 +2352,6 @@ impl Engine {
         let origin = batch.origin();
         let delivered = self.origins.get(&origin).map_or(0, |st| st.delivered);
         if batch.last_seq() <= delivered {
-            return;
-        }
-        let first_new = batch.first_seq().max(delivered.saturating_add(1));
-        if self
-            .cuts
-            .get(&origin)
-            .is_some_and(|cut| cut.drops(first_new))
-        {
-            // An evicted member's events after its cut: honest copies nobody applies (not
-            // buffered, no misbehaviour).
             return;
         }
         let known = self.accepts_origin(&origin, &batch);
@@ -2168,12 +2438,10 @@ impl Engine {
             .get(&origin)
             .map_or((0, 0), |st| (st.delivered, st.last_lamport));
         let cut = self.cuts.get(&origin).copied();
-        // Events after an eviction's cut are dropped; the kept ones stay contiguous (the cut
-        // range starts after the last valid seq).
         let new: Vec<&Event> = batch
             .events()
             .iter()
-            .filter(|e| e.seq > delivered && !cut.is_some_and(|c| c.drops(e.seq)))
+            .filter(|e| e.seq > delivered)
             .collect();
         let Some(first) = new.first() else {
             return false;
@@ -2181,6 +2449,11 @@ impl Engine {
         let (last_seq, last_kept_lamport) = new
             .last()
             .map_or((first.seq, first.lamport), |e| (e.seq, e.lamport));
+        // Events after an eviction's cut are void: delivered (so every node holds the evicted
+        // node's orders, as rejected), never ordered, so the checks against the settled
+        // frontier and position do not apply to them.
+        let is_void = |e: &Event| cut.is_some_and(|c| c.drops(e.seq));
+        let first_ordered = new.iter().find(|e| !is_void(e)).copied();
         if first.lamport <= last_lamport {
             self.reject(from, &origin, "lamport not increasing across batches");
             return false;
@@ -2200,7 +2473,8 @@ impl Engine {
             return false;
         }
         let frontier = self.settled_frontier();
-        if let Some(s) = frontier
+        if let Some(first) = first_ordered
+            && let Some(s) = frontier
             && first.lamport <= s
         {
             self.rejected_events += new.len() as u64;
@@ -2219,18 +2493,23 @@ impl Engine {
             }
             return false;
         }
-        if self
-            .settled_key
-            .is_some_and(|k| (first.lamport, origin, first.seq) <= k)
+        if let Some(first) = first_ordered
+            && self
+                .settled_key
+                .is_some_and(|k| (first.lamport, origin, first.seq) <= k)
         {
             self.reject(from, &origin, "event before the settled position");
             return false;
         }
         let events: Vec<Event> = new.into_iter().cloned().collect();
-        if from.is_some() {
+        if from.is_some() && first_ordered.is_some() {
             self.last_heard.insert(origin, self.now_ms);
         }
         for event in events {
+            if is_void(&event) {
+                self.on_void(&event);
+                continue;
+            }
             self.clock = self.clock.max(event.lamport);
             self.on_delivered(&event);
             self.unsettled
@@ -2252,6 +2531,33 @@ impl Engine {
         }
         self.try_trust(&origin);
         true
+    }
+
+    /// A void event (after its origin's cut): counted as delivered; a `Place` becomes an order
+    /// record `rejected` with [`EVICTED_REASON`]; nothing else has any effect.
+    fn on_void(&mut self, event: &Event) {
+        self.events_delivered += 1;
+        if let EventBody::Place(order) = &event.body {
+            self.has_orders = true;
+            if event.origin == self.me
+                && let Some(client_id) = &order.client_order_id
+            {
+                self.client_ids.insert(client_id.clone(), event.seq);
+            }
+            self.orders.insert(
+                order_id(&event.origin, event.seq).0,
+                OrderRecord {
+                    origin: event.origin,
+                    seq: event.seq,
+                    lamport: event.lamport,
+                    order: order.clone(),
+                    filled: Decimal::ZERO,
+                    status: OrderStatus::Rejected,
+                    reason: Some(EVICTED_REASON.to_owned()),
+                    cancel_requested: false,
+                },
+            );
+        }
     }
 
     fn reject(&mut self, from: Option<NodeId>, origin: &NodeId, what: &str) {
@@ -2310,17 +2616,14 @@ impl Engine {
                 self.known_origins.insert(*member);
                 self.pending_joins
                     .insert((event.lamport, event.origin, event.seq), *member);
-                if *first_seq > 1 {
+                if *first_seq > 1
+                    && let Some(cut) = self.cuts.get_mut(member)
+                    && cut.resume.is_none()
+                {
                     // A returning member: its events resume at `first_seq`; what lies between
-                    // its cut and there stays cut.
-                    let st = self.origins.entry(*member).or_default();
-                    st.delivered = st.delivered.max(first_seq - 1);
-                    if let Some(cut) = self.cuts.get_mut(member)
-                        && cut.resume.is_none()
-                    {
-                        cut.resume = Some(*first_seq);
-                    }
-                    self.try_trust(member);
+                    // its cut and there is void (delivered, never ordered). Its void events
+                    // are fetched like any others: the returning node holds them all.
+                    cut.resume = Some(*first_seq);
                 }
             }
             EventBody::Evict {
@@ -2524,6 +2827,18 @@ impl Engine {
             .copied()
             .filter(|m| *m != self.me)
             .collect();
+        // Votes bind (rule 11), so only a member that hears a majority of the members (itself
+        // included) casts one: on the minority side of a split, or alone, a node's votes could
+        // never decide anything and would only cap its acks for good.
+        let hearing = 1 + others
+            .iter()
+            .filter(|m| {
+                self.last_heard
+                    .get(m)
+                    .is_none_or(|at| now.saturating_sub(*at) < limit)
+            })
+            .count();
+        let may_vote = hearing * 2 > self.members.len();
         for member in others {
             let heard = *self.last_heard.entry(member).or_insert(now);
             let epoch = self.incarnation.get(&member).copied().unwrap_or(0);
@@ -2551,13 +2866,20 @@ impl Engine {
                 }
                 continue;
             };
-            if now.saturating_sub(suspect.since_ms) >= VOTE_FETCH_MS {
+            if may_vote && now.saturating_sub(suspect.since_ms) >= VOTE_FETCH_MS {
                 self.vote(member, epoch, now, out);
             }
         }
+        if may_vote {
+            self.join_blocking_votes(now, out);
+        }
         if due(&mut self.last_vote_broadcast_ms, now, VOTE_REBROADCAST_MS) {
             for ((target, epoch), votes) in &self.votes {
-                if !self.suspects.contains_key(target) {
+                // Also the votes of keys this node voted on: they bind it, and a member that
+                // missed them may need them to join a blocking vote (rule 13).
+                if !self.suspects.contains_key(target)
+                    && !self.my_votes.contains_key(&(*target, *epoch))
+                {
                     continue;
                 }
                 for (voter, (last_seq, signature)) in votes {
@@ -2578,6 +2900,10 @@ impl Engine {
     fn vote(&mut self, target: NodeId, epoch: u64, now: u64, out: &mut Vec<Effect>) {
         let key = (target, epoch);
         let me = self.me;
+        if self.released_votes.contains(&key) {
+            // Cast in an earlier incarnation of this node: one vote per key, ever.
+            return;
+        }
         if let Some(&last_seq) = self.my_votes.get(&key) {
             let held = self
                 .votes
@@ -2625,8 +2951,14 @@ impl Engine {
             }
             return;
         }
-        let last_seq = delivered;
-        tracing::warn!(target_node = %target.short(), epoch, last_seq, "voting to evict a silent member");
+        tracing::warn!(target_node = %target.short(), epoch, last_seq = delivered, "voting to evict a silent member");
+        self.cast_vote(key, delivered, now, out);
+    }
+
+    /// Casts this node's one vote for `key` at `last_seq`: persisted before it leaves.
+    fn cast_vote(&mut self, key: (NodeId, u64), last_seq: u64, now: u64, out: &mut Vec<Effect>) {
+        let (target, epoch) = key;
+        let me = self.me;
         self.my_votes.insert(key, last_seq);
         out.push(Effect::Persist(Record::Vote {
             target,
@@ -2643,6 +2975,48 @@ impl Engine {
             except: None,
         });
         self.decide(key, now, out);
+    }
+
+    /// Joins a vote that already blocks its target (rule 13 of the module docs): when the
+    /// members whose votes cap them at or below some `N` leave too few others to ever ack
+    /// the target beyond `N` (at most half of the electorate), no event of the target after
+    /// `N` can settle anywhere, so voting `N` cuts nothing settled, and it lets a decision
+    /// end the block instead of stalling settlement for good.
+    fn join_blocking_votes(&mut self, now: u64, out: &mut Vec<Effect>) {
+        let electorate = self.electorate(None);
+        let mut join = Vec::new();
+        for (key, votes) in &self.votes {
+            let (target, epoch) = *key;
+            if target == self.me
+                || self.current_key(&target) != Some(*key)
+                || self.my_votes.contains_key(key)
+                || self.released_votes.contains(key)
+                || self.cut_active(&target)
+            {
+                continue;
+            }
+            let delivered = self.delivered(&target);
+            // The highest N that blocks: voters at or below it are capped there.
+            let blocking = votes
+                .values()
+                .map(|(seq, _)| *seq)
+                .filter(|n| *n <= delivered)
+                .filter(|n| {
+                    let capped = votes
+                        .iter()
+                        .filter(|(voter, (seq, _))| seq <= n && electorate.contains(voter))
+                        .count();
+                    (electorate.len() - capped) * 2 <= electorate.len()
+                })
+                .max();
+            if let Some(last_seq) = blocking {
+                join.push(((target, epoch), last_seq));
+            }
+        }
+        for (key, last_seq) in join {
+            tracing::warn!(target_node = %key.0.short(), epoch = key.1, last_seq, "joining eviction votes that already block the member's later events");
+            self.cast_vote(key, last_seq, now, out);
+        }
     }
 
     fn sign_vote(&self, target: &NodeId, epoch: u64, last_seq: u64) -> Signature {
@@ -2675,6 +3049,11 @@ impl Engine {
             return;
         }
         let key = (target, epoch);
+        if voter == self.me && self.released_votes.contains(&key) {
+            // Our own vote of an earlier incarnation, relayed back: it binds us no more, so it
+            // must not count again.
+            return;
+        }
         let votes = self.votes.entry(key).or_default();
         match votes.get(&voter) {
             Some((seq, _)) if *seq == last_seq => return,
@@ -2721,10 +3100,13 @@ impl Engine {
     /// the target's events up to it (rule 5 of the module docs).
     fn decide(&mut self, key: (NodeId, u64), now: u64, out: &mut Vec<Effect>) {
         let (target, epoch) = key;
-        // Acted on only while this node itself suspects the target: votes are never withdrawn,
-        // so a target heard again after a full split is not evicted by stale votes.
+        // Acted on only while this node itself suspects the target, or has voted against it
+        // (then the votes bind: a majority of them blocks the target's later events, and only
+        // the eviction ends that). Not otherwise: stale votes of others against a member heard
+        // again, acted on by everyone, could evict several members against each other at once
+        // (see "Known limits" in the module docs).
         if self.phase() != Phase::Member
-            || !self.suspects.contains_key(&target)
+            || (!self.suspects.contains_key(&target) && !self.my_votes.contains_key(&key))
             || target == self.me
             || !self.members.contains(&target)
             || self.incarnation.get(&target) != Some(&epoch)
@@ -2820,7 +3202,14 @@ impl Engine {
             if entry.key().0 > s {
                 break;
             }
-            let (key, event) = entry.remove_entry();
+            // In key order: the first event not held by a majority stops the loop.
+            let key = *entry.key();
+            if !self.majority_holds(&key) {
+                break;
+            }
+            let Some(event) = self.unsettled.remove(&key) else {
+                break;
+            };
             self.apply(key, event, out);
         }
         if !self.pending_evicts.is_empty()
@@ -2949,6 +3338,10 @@ impl Engine {
                     self.evictions += 1;
                     self.membership_changed();
                     if target == self.me {
+                        // This node's votes were cast as a member of the incarnation that just
+                        // ended: they no longer bind its acks (rule 11 of the module docs).
+                        let released = std::mem::take(&mut self.my_votes);
+                        self.released_votes.extend(released.into_keys());
                         tracing::warn!(
                             last_seq,
                             "this node was evicted by a majority of the members; asking to join again"
@@ -3056,6 +3449,30 @@ impl Engine {
         }
         hasher.update([u8::from(trade.taker_side == Side::Buy)]);
         self.trade_chain = hasher.finalize().into();
+    }
+}
+
+/// Whether a frontier's acks (its `seq` counting as the origin's own ack) raise any of the acks
+/// held for its origin.
+fn acks_are_news(st: &OriginState, seq: u64, origin: &NodeId, acks: &[(NodeId, u64)]) -> bool {
+    let held = |node: &NodeId| st.acks.get(node).copied().unwrap_or(0);
+    seq > held(origin) || acks.iter().any(|(node, acked)| *acked > held(node))
+}
+
+/// Merges a verified frontier's acks into its origin's (by maximum; only known origins, so
+/// the map stays bounded by the log's membership).
+fn merge_acks(
+    st: &mut OriginState,
+    seq: u64,
+    origin: &NodeId,
+    acks: &[(NodeId, u64)],
+    known: &BTreeSet<NodeId>,
+) {
+    for (node, acked) in std::iter::once((origin, &seq)).chain(acks.iter().map(|(n, a)| (n, a))) {
+        if known.contains(node) {
+            let held = st.acks.entry(*node).or_insert(0);
+            *held = (*held).max(*acked);
+        }
     }
 }
 

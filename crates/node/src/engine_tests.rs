@@ -1036,9 +1036,12 @@ fn sync_requests_are_answered_only_for_our_network_and_rate_limited() {
 /// (review #4).
 #[test]
 fn honest_newcomer_events_are_accepted_when_the_sponsors_frontier_arrives_first() {
-    let mut sim = Sim::new(3);
+    // Node 3 is the third member that, with node 0, holds node 1's Join while node 2 lags:
+    // in a network of two, the Join could not settle before node 2 held it.
+    let mut sim = Sim::new(4);
     sim.tick(1);
     sim.connect(0, 2);
+    sim.connect(0, 3);
     sim.connect(0, 1);
     // Node 1 stays silent towards everyone until node 2 is a member.
     sim.connected[0][1] = false;
@@ -1049,7 +1052,8 @@ fn honest_newcomer_events_are_accepted_when_the_sponsors_frontier_arrives_first(
         sim.drain();
     }
     assert_eq!(sim.nodes[2].phase(), Phase::Member);
-    assert_eq!(sim.nodes[2].members().len(), 2);
+    assert_eq!(sim.nodes[3].phase(), Phase::Member);
+    assert_eq!(sim.nodes[2].members().len(), 3);
     // 0 -> 2 is cut; 2 -> 0 still works. Node 1 now talks to node 0.
     sim.connected[0][2] = false;
     sim.connected[0][1] = true;
@@ -1464,17 +1468,9 @@ fn a_majority_of_five_evicts_a_partitioned_minority_which_rejoins() {
             .iter()
             .all(|n| n.members().len() == 5 && n.phase() == Phase::Member)
     });
+    // The cut orders reach the majority too (as void events): rejected everywhere.
     for order in &minority {
-        for node in 0..5 {
-            match sim.order_status(node, order) {
-                Some(view) => {
-                    assert_eq!(view.status, OrderStatus::Rejected, "node {node}");
-                    assert_eq!(view.reason.as_deref(), Some(EVICTED_REASON));
-                }
-                // The majority never saw the cut orders.
-                None => assert!(node < 3),
-            }
-        }
+        sim.assert_rejected_everywhere(order);
     }
     let again = sim.place(4, limit(Side::Buy, "100", "1")).expect("placed");
     sim.settle_all();
@@ -1627,11 +1623,11 @@ fn forged_outsider_and_equivocating_votes_are_rejected() {
 fn a_replayed_engine_keeps_its_membership_and_never_votes_twice() {
     let mut sim = Sim::network(3);
     sim.set_evict_after(2000);
+    // Node 1 is slow to suspect: node 0's vote against node 2 stays alone, no decision.
+    sim.nodes[1].config.evict_after_ms = 60_000;
     sim.place(0, limit(Side::Sell, "100", "1")).expect("placed");
     sim.settle_all();
-    // Everyone alone: each votes against both others, nobody reaches a majority.
-    sim.partition(&[0]);
-    sim.partition(&[1]);
+    sim.partition(&[2]);
     sim.run(4000, 100);
     let votes = |sim: &Sim| {
         sim.logs[0]
@@ -1639,27 +1635,55 @@ fn a_replayed_engine_keeps_its_membership_and_never_votes_twice() {
             .filter(|r| matches!(r, Record::Vote { .. }))
             .count()
     };
-    assert_eq!(votes(&sim), 2);
+    assert_eq!(votes(&sim), 1);
     let before = sim.nodes[0].status().votes;
+    assert_eq!(before.len(), 1, "{before:?}");
     sim.nodes[0] = sim.rebuilt(0);
     sim.run(4000, 100);
-    assert_eq!(votes(&sim), 2, "no second vote after the restart");
+    assert_eq!(votes(&sim), 1, "no second vote after the restart");
     assert_eq!(
         sim.nodes[0].status().votes,
         before,
-        "the same votes, re-sent"
+        "the same vote, re-sent"
     );
-    // Healed, nobody suspects anybody: the stale votes (a majority against each node) are
-    // not acted on, and the three go on.
+    // Healed, node 2 is heard again: the lone vote decides nothing, and the others' acks
+    // (a majority without node 0) let node 2's new order settle.
     sim.heal();
     sim.run(3000, 100);
-    sim.place(1, limit(Side::Buy, "100", "1")).expect("placed");
+    let buy = sim.place(2, limit(Side::Buy, "100", "1")).expect("placed");
     sim.settle_all();
+    for node in 0..3 {
+        assert_eq!(sim.nodes[node].members().len(), 3);
+        assert_eq!(sim.nodes[node].evictions(), 0);
+        assert_eq!(
+            sim.order_status(node, &buy).expect("everywhere").status,
+            OrderStatus::Filled
+        );
+    }
+
+    // Everyone alone: nobody hears a majority, so nobody votes (votes bind); healed, the
+    // three go on.
+    let mut sim = Sim::network(3);
+    sim.set_evict_after(2000);
+    sim.partition(&[0]);
+    sim.partition(&[1]);
+    sim.run(4000, 100);
     assert!(
-        sim.nodes
+        sim.logs
             .iter()
-            .all(|n| n.members().len() == 3 && n.evictions() == 0)
+            .flatten()
+            .all(|r| !matches!(r, Record::Vote { .. }))
     );
+    sim.heal();
+    sim.run(3000, 100);
+    let buy = sim.place(1, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.settle_all();
+    for node in 0..3 {
+        assert_eq!(sim.nodes[node].members().len(), 3);
+        assert_eq!(sim.nodes[node].evictions(), 0);
+        assert!(sim.order_status(node, &buy).is_some());
+        assert_eq!(sim.nodes[node].digest(), sim.nodes[0].digest());
+    }
 
     // After an eviction, a rebuilt engine has the same epoch, members and digest.
     let mut sim = Sim::network(3);
@@ -1851,5 +1875,340 @@ fn a_late_joiner_replays_an_eviction() {
         assert_eq!(sim.nodes[node].epoch(), sim.nodes[0].epoch());
     }
     assert!(!sim.nodes[3].members().contains(&target));
+    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+}
+
+// ---- Majority-held settlement, vote promises and void events (issue 7, H6) --------------
+
+impl Sim {
+    /// Drops everything `node` sends from now on (one-way loss): it keeps receiving.
+    fn mute(&mut self, node: usize) {
+        for to in 0..self.nodes.len() {
+            self.connected[node][to] = false;
+        }
+        self.queue.retain(|(from, _, _)| *from != node);
+    }
+
+    /// Undoes [`Sim::mute`] and reconnects `node` to everyone (as after a link reset).
+    fn unmute(&mut self, node: usize) {
+        for other in (0..self.nodes.len()).filter(|o| *o != node) {
+            self.connected[node][other] = true;
+            self.connected[other][node] = true;
+            let (a, b) = (self.id(node), self.id(other));
+            self.input(node, Input::Connected { peer: b });
+            self.input(other, Input::Connected { peer: a });
+        }
+    }
+
+    /// The highest seq of `origin`'s events that `node` settled.
+    fn settled_seq(&self, node: usize, origin: usize) -> u64 {
+        self.nodes[node]
+            .origins
+            .get(&self.id(origin))
+            .map_or(0, |st| st.settled)
+    }
+
+    /// Ticks every node but `paused` and delivers every message except those to `paused`,
+    /// which wait in `held` (a stopped process: the others' messages pile up in its socket).
+    fn run_paused(&mut self, paused: usize, held: &mut Vec<(usize, usize, Message)>, ms: u64) {
+        for _ in 0..ms / 100 {
+            self.now += 100;
+            for node in (0..self.nodes.len()).filter(|n| *n != paused) {
+                self.input(node, Input::Tick { now_ms: self.now });
+            }
+            while let Some((from, to, message)) = self.queue.pop_front() {
+                if to == paused {
+                    held.push((from, to, message));
+                    continue;
+                }
+                let from_id = self.id(from);
+                match self.nodes[to].check_message(&from_id, message) {
+                    Ok(Some(message)) => self.input(
+                        to,
+                        Input::Peer {
+                            from: from_id,
+                            message,
+                        },
+                    ),
+                    Ok(None) => {}
+                    Err(what) => self.misbehaviour.push((to, from_id, what)),
+                }
+            }
+        }
+    }
+
+    /// Asserts that `order` of an evicted node is `rejected` with [`EVICTED_REASON`] on
+    /// every node.
+    fn assert_rejected_everywhere(&self, order: &OrderView) {
+        for node in 0..self.nodes.len() {
+            let view = self
+                .order_status(node, order)
+                .unwrap_or_else(|| panic!("order {} missing on node {node}", order.order_id));
+            assert_eq!(view.status, OrderStatus::Rejected, "node {node}");
+            assert_eq!(view.reason.as_deref(), Some(EVICTED_REASON), "node {node}");
+        }
+    }
+}
+
+/// In a network of three, an event that only its origin holds does not settle, even when
+/// every member's frontier is above it; it settles as soon as one more member acks it.
+#[test]
+fn an_event_settles_only_once_a_majority_holds_it() {
+    let mut sim = Sim::network(3);
+    sim.place(1, limit(Side::Sell, "100", "1")).expect("placed");
+    sim.settle_all();
+    // Node 0 keeps receiving but nothing it sends arrives.
+    sim.mute(0);
+    let order = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    let lamport = order.lamport;
+    // The others move their frontiers past it.
+    sim.place(1, limit(Side::Sell, "200", "1")).expect("placed");
+    sim.place(2, limit(Side::Sell, "200", "1")).expect("placed");
+    sim.run(1000, 100);
+    let status = sim.nodes[0].status();
+    assert!(
+        status.settled_frontier.is_some_and(|s| s >= lamport),
+        "every frontier is above the event: {status:?}"
+    );
+    assert_eq!(
+        sim.order_status(0, &order).expect("its own").status,
+        OrderStatus::Pending,
+        "held by its origin only"
+    );
+    assert_eq!(sim.settled_seq(0, 0), sim.settled_seq(1, 0));
+    // Node 1 (only) gets it, by anti-entropy: its ack makes two of three.
+    sim.connected[0][1] = true;
+    sim.run_until(5000, "node 0 settles its order", |s| {
+        s.order_status(0, &order)
+            .is_some_and(|v| v.status != OrderStatus::Pending)
+    });
+    assert!(sim.order_status(1, &order).is_some(), "node 1 holds it");
+    assert_eq!(
+        sim.order_status(0, &order).expect("its own").status,
+        OrderStatus::Filled
+    );
+    sim.connected[0][2] = true;
+    sim.settle_all();
+    for node in 1..3 {
+        assert_eq!(sim.nodes[node].digest(), sim.nodes[0].digest());
+    }
+    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+}
+
+/// Bug 1 (one-way loss): a member whose packets are lost keeps receiving the others'
+/// frontiers, but never settles its own events that nobody else holds; the majority evicts it
+/// at the cut; healed, every digest agrees and its cut orders are rejected everywhere.
+#[test]
+fn a_member_muted_one_way_never_settles_what_the_majority_cuts() {
+    let mut sim = Sim::network(5);
+    sim.set_evict_after(2000);
+    sim.place(0, limit(Side::Sell, "100", "10"))
+        .expect("placed");
+    sim.settle_all();
+    let t = 4;
+    let before = sim.settled_seq(t, t);
+    sim.mute(t);
+    let cut_orders: Vec<OrderView> = (0..3)
+        .map(|_| sim.place(t, limit(Side::Buy, "100", "1")).expect("placed"))
+        .collect();
+    let target = sim.id(t);
+    let mut steps = 0;
+    while !sim.nodes[..t]
+        .iter()
+        .all(|n| !n.members().contains(&target))
+    {
+        steps += 1;
+        assert!(steps < 150, "the majority never evicted the muted member");
+        // The others keep trading: their frontiers (and acks) keep reaching node 4.
+        if steps % 5 == 0 {
+            sim.place(steps % 4, limit(Side::Sell, "300", "1"))
+                .expect("placed");
+        }
+        sim.tick(100);
+        sim.drain();
+        assert_eq!(
+            sim.settled_seq(t, t),
+            before,
+            "node 4 settled an event of its own that nobody else holds"
+        );
+    }
+    let cut = sim.nodes[0].status().cut[&target.to_string()];
+    assert_eq!(cut, before, "cut where the others last heard it");
+    sim.unmute(t);
+    sim.run_until(30_000, "the muted node rejoins", |s| {
+        s.nodes
+            .iter()
+            .all(|n| n.members().len() == 5 && n.phase() == Phase::Member)
+    });
+    sim.settle_all();
+    let digest = sim.nodes[0].digest();
+    for node in 0..5 {
+        assert_eq!(sim.nodes[node].digest(), digest, "node {node}");
+        assert_eq!(sim.nodes[node].status().digest_mismatches, 0);
+    }
+    for order in &cut_orders {
+        sim.assert_rejected_everywhere(order);
+    }
+    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+}
+
+/// Bug 1 (a stopped process): a member silent past the limit whose last order never left it,
+/// then handed everything queued for it at once (frontiers that are far ahead, and the
+/// eviction), never settles that order; after the heal all converge.
+#[test]
+fn a_paused_member_woken_with_a_backlog_never_settles_what_the_majority_cuts() {
+    let mut sim = Sim::network(5);
+    sim.set_evict_after(2000);
+    sim.place(0, limit(Side::Sell, "100", "10"))
+        .expect("placed");
+    sim.settle_all();
+    let t = 4;
+    let before = sim.settled_seq(t, t);
+    // Its last order is created, then the process stops before the batch leaves.
+    let order = sim.place(t, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.queue.retain(|(from, _, _)| *from != t);
+    let mut held = Vec::new();
+    let target = sim.id(t);
+    for round in 0..100 {
+        if sim.nodes[..t]
+            .iter()
+            .all(|n| !n.members().contains(&target))
+        {
+            break;
+        }
+        assert!(round < 99, "the majority never evicted the paused member");
+        sim.place(round % 4, limit(Side::Sell, "300", "1"))
+            .expect("placed");
+        sim.run_paused(t, &mut held, 300);
+    }
+    // It wakes: everything queued arrives at once, in order, before it can say anything.
+    sim.connected[t] = vec![false; 5];
+    for (from, to, message) in held {
+        let from_id = sim.id(from);
+        if let Ok(Some(message)) = sim.nodes[to].check_message(&from_id, message) {
+            sim.input(
+                to,
+                Input::Peer {
+                    from: from_id,
+                    message,
+                },
+            );
+        }
+        assert_eq!(sim.settled_seq(t, t), before, "settled its cut order");
+    }
+    sim.tick(100);
+    sim.queue.clear();
+    assert_eq!(sim.settled_seq(t, t), before, "settled its cut order");
+    sim.unmute(t);
+    sim.run_until(30_000, "the paused node rejoins", |s| {
+        s.nodes
+            .iter()
+            .all(|n| n.members().len() == 5 && n.phase() == Phase::Member)
+    });
+    sim.settle_all();
+    let digest = sim.nodes[0].digest();
+    for node in 0..5 {
+        assert_eq!(sim.nodes[node].digest(), digest, "node {node}");
+    }
+    sim.assert_rejected_everywhere(&order);
+    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+}
+
+/// Bug 2: the evicted node's partition-time order reaches every node after the heal, as
+/// `rejected` with the reason, and a node restarted from its records shows the same.
+#[test]
+fn an_evicted_nodes_cut_orders_are_rejected_on_every_node_and_after_a_restart() {
+    let mut sim = Sim::network(3);
+    sim.set_evict_after(2000);
+    sim.place(0, limit(Side::Sell, "100", "3")).expect("placed");
+    sim.settle_all();
+    sim.partition(&[2]);
+    let lost = sim.place(2, limit(Side::Buy, "100", "1")).expect("placed");
+    let cancelled = sim.place(2, limit(Side::Buy, "90", "1")).expect("placed");
+    let request = sim.next_request;
+    sim.next_request += 1;
+    sim.input(
+        2,
+        Input::Cancel {
+            request,
+            order_id: cancelled.order_id.parse().expect("id"),
+        },
+    );
+    let target = sim.id(2);
+    sim.run_until(10_000, "the two evict the third", |s| {
+        s.nodes[..2].iter().all(|n| !n.members().contains(&target))
+    });
+    assert!(sim.order_status(0, &lost).is_none(), "not there yet");
+    sim.heal();
+    sim.run_until(20_000, "the evicted node rejoins", |s| {
+        s.nodes.iter().all(|n| n.members().len() == 3) && s.nodes[2].phase() == Phase::Member
+    });
+    let again = sim.place(2, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.settle_all();
+    sim.assert_rejected_everywhere(&lost);
+    sim.assert_rejected_everywhere(&cancelled);
+    let digest = sim.nodes[0].digest();
+    for node in 0..3 {
+        assert_eq!(sim.nodes[node].digest(), digest, "node {node}");
+        assert_eq!(
+            sim.order_status(node, &again).expect("everywhere").status,
+            OrderStatus::Filled
+        );
+        // The rejoin lines up: every node delivered the same seqs of the returning node.
+        assert_eq!(
+            sim.nodes[node].clock()[&target],
+            sim.nodes[2].clock()[&target]
+        );
+    }
+    for node in 0..3 {
+        sim.nodes[node] = sim.rebuilt(node);
+        assert_eq!(sim.nodes[node].digest(), digest, "rebuilt node {node}");
+    }
+    sim.assert_rejected_everywhere(&lost);
+    sim.assert_rejected_everywhere(&cancelled);
+    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+}
+
+/// Two of four members vote against a third (the fourth is slow to suspect): no majority,
+/// but the two votes cap their acks, so the target's later events could never settle. The
+/// fourth member joins the blocking vote at the same cut (nothing after it can have settled
+/// anywhere), the target is evicted, rejoins, and everyone converges.
+#[test]
+fn a_member_joins_a_vote_that_already_blocks_its_target() {
+    let mut sim = Sim::network(4);
+    sim.set_evict_after(2000);
+    sim.nodes[3].config.evict_after_ms = 600_000;
+    sim.place(1, limit(Side::Sell, "100", "5")).expect("placed");
+    sim.settle_all();
+    sim.partition(&[0]);
+    let cut_order = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    let target = sim.id(0);
+    sim.run_until(20_000, "the three evict node 0", |s| {
+        s.nodes[1..].iter().all(|n| !n.members().contains(&target))
+    });
+    assert!(
+        sim.logs[3].iter().any(|r| matches!(r, Record::Vote { .. })),
+        "node 3 never suspected node 0 but joined the blocking vote"
+    );
+    sim.heal();
+    sim.run_until(30_000, "node 0 rejoins", |s| {
+        s.nodes
+            .iter()
+            .all(|n| n.members().len() == 4 && n.phase() == Phase::Member)
+    });
+    let again = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.settle_all();
+    sim.assert_rejected_everywhere(&cut_order);
+    for node in 0..4 {
+        assert_eq!(
+            sim.nodes[node].digest(),
+            sim.nodes[1].digest(),
+            "node {node}"
+        );
+        assert_eq!(
+            sim.order_status(node, &again).expect("everywhere").status,
+            OrderStatus::Filled
+        );
+    }
     assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
 }

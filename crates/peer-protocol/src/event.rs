@@ -2,6 +2,7 @@
 
 use orderbook_core::{OrderType, Side, TimeInForce};
 use rust_decimal::Decimal;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -14,7 +15,7 @@ use crate::limits::{
 /// The domain tag in front of the canonical encoding of a batch's events when it is signed.
 const BATCH_DOMAIN: &[u8] = b"p2p-exchange/batch/v1\0";
 /// The domain tag in front of a frontier's fields when it is signed.
-const FRONTIER_DOMAIN: &[u8] = b"p2p-exchange/frontier/v1\0";
+const FRONTIER_DOMAIN: &[u8] = b"p2p-exchange/frontier/v2\0";
 
 /// One entry of the replicated log, created and signed by its `origin`.
 ///
@@ -299,9 +300,14 @@ impl VerifiedBatch {
 /// An origin's promise that no later event of it will carry a `lamport` at or below
 /// `lamport`; its events up to `seq` are the ones it had created when it made the promise.
 ///
+/// It also carries the origin's *acks*: for each node it lists (sorted by node id, at most
+/// [`MAX_MEMBERS`]), the highest `seq` of that node's events the origin holds and vouches for.
+/// Settlement uses them to know that an event is held by a majority of the members.
+///
 /// Fields are public so it can be built and inspected freely; only [`SignedFrontier::verify`]
-/// turns it into the [`VerifiedFrontier`] that settlement should trust.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// turns it into the [`VerifiedFrontier`] that settlement should trust. The signature covers
+/// every field, the acks included.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedFrontier {
     /// The node making the promise.
     pub origin: NodeId,
@@ -309,35 +315,69 @@ pub struct SignedFrontier {
     pub seq: u64,
     /// No later event of the origin carries a `lamport` at or below this.
     pub lamport: u64,
+    /// `(node, seq)`: the origin holds `node`'s events up to `seq` (sorted by node, distinct,
+    /// at most [`MAX_MEMBERS`]).
+    #[serde(deserialize_with = "bounded_acks")]
+    pub acks: Vec<(NodeId, u64)>,
     /// The origin's signature over the other fields.
     pub signature: Signature,
 }
 
 impl SignedFrontier {
-    /// Signs a frontier of `identity`.
+    /// Signs a frontier of `identity` without acks.
     pub fn sign(identity: &Identity, seq: u64, lamport: u64) -> SignedFrontier {
         let origin = identity.node_id();
         SignedFrontier {
             origin,
             seq,
             lamport,
-            signature: identity.sign(&frontier_bytes(&origin, seq, lamport)),
+            acks: Vec::new(),
+            signature: identity.sign(&frontier_bytes(&origin, seq, lamport, &[])),
         }
     }
 
-    /// Checks the origin's signature.
+    /// Signs a frontier of `identity` carrying `acks` (sorted here by node id).
+    ///
+    /// [`Error::LimitExceeded`] if there are more than [`MAX_MEMBERS`] acks,
+    /// [`Error::InvalidMessage`] if a node appears twice.
+    pub fn sign_with_acks(
+        identity: &Identity,
+        seq: u64,
+        lamport: u64,
+        mut acks: Vec<(NodeId, u64)>,
+    ) -> Result<SignedFrontier, Error> {
+        acks.sort_unstable();
+        check_acks(&acks)?;
+        let origin = identity.node_id();
+        let signature = identity.sign(&frontier_bytes(&origin, seq, lamport, &acks));
+        Ok(SignedFrontier {
+            origin,
+            seq,
+            lamport,
+            acks,
+            signature,
+        })
+    }
+
+    /// The sum of the acked seqs (acks only grow, so a higher total is news).
+    pub fn ack_total(&self) -> u128 {
+        self.acks.iter().map(|(_, seq)| u128::from(*seq)).sum()
+    }
+
+    /// Checks the acks (sorted, distinct, within [`MAX_MEMBERS`]) and the origin's signature.
     pub fn verify(self) -> Result<VerifiedFrontier, Error> {
+        check_acks(&self.acks)?;
         verify(
             &self.origin,
-            &frontier_bytes(&self.origin, self.seq, self.lamport),
+            &frontier_bytes(&self.origin, self.seq, self.lamport, &self.acks),
             &self.signature,
         )?;
         Ok(VerifiedFrontier(self))
     }
 }
 
-/// A [`SignedFrontier`] whose signature has been checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// A [`SignedFrontier`] whose acks and signature have been checked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct VerifiedFrontier(SignedFrontier);
 
@@ -357,6 +397,11 @@ impl VerifiedFrontier {
         self.0.lamport
     }
 
+    /// The origin's acks: `(node, highest seq of it held)`, sorted by node.
+    pub fn acks(&self) -> &[(NodeId, u64)] {
+        &self.0.acks
+    }
+
     /// The signed frontier, to relay.
     pub fn signed(&self) -> &SignedFrontier {
         &self.0
@@ -366,6 +411,47 @@ impl VerifiedFrontier {
     pub fn into_signed(self) -> SignedFrontier {
         self.0
     }
+}
+
+/// Acks must be sorted by distinct node ids and within the members limit.
+fn check_acks(acks: &[(NodeId, u64)]) -> Result<(), Error> {
+    check_len("frontier acks", acks.len(), MAX_MEMBERS)?;
+    if acks.windows(2).all(|w| w[0].0 < w[1].0) {
+        Ok(())
+    } else {
+        Err(Error::InvalidMessage(
+            "frontier acks not sorted by distinct nodes",
+        ))
+    }
+}
+
+/// Deserializes frontier acks, stopping at [`MAX_MEMBERS`] + 1 entries: a hostile peer cannot
+/// make the decoder allocate or work beyond the members limit, whatever the frame holds.
+fn bounded_acks<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<(NodeId, u64)>, D::Error> {
+    struct AcksVisitor;
+
+    impl<'de> Visitor<'de> for AcksVisitor {
+        type Value = Vec<(NodeId, u64)>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {MAX_MEMBERS} (node, seq) pairs")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut acks = Vec::new();
+            while let Some(pair) = seq.next_element::<(NodeId, u64)>()? {
+                if acks.len() == MAX_MEMBERS {
+                    return Err(de::Error::custom("too many frontier acks"));
+                }
+                acks.push(pair);
+            }
+            Ok(acks)
+        }
+    }
+
+    deserializer.deserialize_seq(AcksVisitor)
 }
 
 fn check_structure(events: &[Event]) -> Result<(), Error> {
@@ -398,11 +484,17 @@ fn signed_bytes(events: &[Event]) -> Result<Vec<u8>, Error> {
     postcard::to_extend(events, BATCH_DOMAIN.to_vec()).map_err(Error::Encode)
 }
 
-fn frontier_bytes(origin: &NodeId, seq: u64, lamport: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(FRONTIER_DOMAIN.len() + 48);
+fn frontier_bytes(origin: &NodeId, seq: u64, lamport: u64, acks: &[(NodeId, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRONTIER_DOMAIN.len() + 56 + acks.len() * 40);
     out.extend_from_slice(FRONTIER_DOMAIN);
     out.extend_from_slice(origin.as_bytes());
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&lamport.to_be_bytes());
+    // The count first, so that no two ack lists encode to the same bytes.
+    out.extend_from_slice(&(acks.len() as u64).to_be_bytes());
+    for (node, seq) in acks {
+        out.extend_from_slice(node.as_bytes());
+        out.extend_from_slice(&seq.to_be_bytes());
+    }
     out
 }

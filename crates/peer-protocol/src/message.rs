@@ -16,7 +16,7 @@ use crate::limits::{
 };
 
 /// The protocol version this crate speaks, sent in [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The number of [`Message`] variants this version knows: a payload whose leading tag is at or
 /// beyond it comes from a newer peer and decodes to [`Error::UnknownMessage`].
@@ -295,6 +295,9 @@ impl Message {
                 check_len("neighbours", peers.len(), MAX_PEERS_PER_MESSAGE)
             }
             Message::Batch(batch) => check_batch(batch),
+            Message::Frontier(frontier) => {
+                check_len("frontier acks", frontier.acks.len(), MAX_MEMBERS)
+            }
             Message::SyncRequest { clock } => check_clock(clock),
             Message::SyncResponse { batches, .. } => {
                 check_len("sync batches", batches.len(), MAX_BATCHES_PER_SYNC)?;
@@ -311,7 +314,6 @@ impl Message {
             | Message::Ping { .. }
             | Message::Pong { .. }
             | Message::GetPeers
-            | Message::Frontier(_)
             | Message::Digest { .. }
             | Message::JoinRequest { .. }
             | Message::Vote { .. }

@@ -199,14 +199,22 @@ fn message() -> impl Strategy<Value = Message> {
         )
         .prop_map(Message::Peers),
         batch().prop_map(Message::Batch),
-        (node_id(), any::<u64>(), any::<u64>(), signature()).prop_map(
-            |(origin, seq, lamport, signature)| Message::Frontier(SignedFrontier {
-                origin,
-                seq,
-                lamport,
-                signature
-            })
-        ),
+        (
+            node_id(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec((node_id(), any::<u64>()), 0..4),
+            signature()
+        )
+            .prop_map(|(origin, seq, lamport, acks, signature)| Message::Frontier(
+                SignedFrontier {
+                    origin,
+                    seq,
+                    lamport,
+                    acks,
+                    signature
+                }
+            )),
         clock().prop_map(|clock| Message::SyncRequest { clock }),
         (proptest::collection::vec(batch(), 0..3), any::<bool>())
             .prop_map(|(batches, done)| Message::SyncResponse { batches, done }),
@@ -447,18 +455,28 @@ proptest! {
     fn tampering_any_field_of_a_signed_frontier_fails_verification(
         seq in any::<u64>(),
         lamport in any::<u64>(),
-        which in 0usize..4,
+        ack in any::<u64>(),
+        which in 0usize..7,
         delta in 1u64..1000,
         bit in 0usize..512,
     ) {
-        let frontier = SignedFrontier::sign(&alice(), seq, lamport);
-        let verified = frontier.verify().unwrap();
+        let acks = vec![(bob().node_id(), ack), (alice().node_id(), seq)];
+        let frontier = SignedFrontier::sign_with_acks(&alice(), seq, lamport, acks).unwrap();
+        let verified = frontier.clone().verify().unwrap();
         prop_assert_eq!((verified.origin(), verified.seq(), verified.lamport()), (alice().node_id(), seq, lamport));
+        // Signing sorts the acks by node id.
+        prop_assert!(verified.acks().windows(2).all(|w| w[0].0 < w[1].0));
+        prop_assert_eq!(verified.acks().len(), 2);
         let mut tampered = frontier;
         match which {
             0 => tampered.seq = seq.wrapping_add(delta),
             1 => tampered.lamport = lamport.wrapping_add(delta),
             2 => tampered.origin = bob().node_id(),
+            3 => tampered.acks[0].1 = tampered.acks[0].1.wrapping_add(delta),
+            4 => {
+                tampered.acks.pop();
+            }
+            5 => tampered.acks.clear(),
             _ => {
                 let mut sig = *tampered.signature.as_bytes();
                 sig[bit / 8] ^= 1 << (bit % 8);
@@ -970,5 +988,66 @@ fn join_and_vote_signatures_are_bound_to_their_fields() {
             &vote
         )
         .is_err()
+    );
+}
+
+#[test]
+fn frontier_acks_are_bounded_sorted_and_distinct() {
+    let node = |i: usize| {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        NodeId::from_bytes(id)
+    };
+    let max = peer_protocol::MAX_MEMBERS;
+    // At the limit: signs, verifies, round-trips.
+    let at_limit: Vec<(NodeId, u64)> = (0..max).rev().map(|i| (node(i), i as u64)).collect();
+    let frontier = SignedFrontier::sign_with_acks(&alice(), 5, 9, at_limit).unwrap();
+    assert_eq!(frontier.acks.len(), max);
+    let message = Message::Frontier(frontier.clone());
+    message.check_limits().unwrap();
+    assert_eq!(decode(&encode(&message).unwrap()).unwrap(), message);
+    frontier.clone().verify().unwrap();
+    // One more: refused when signing, by the limits check and while decoding.
+    let over: Vec<(NodeId, u64)> = (0..=max).map(|i| (node(i), 1)).collect();
+    assert!(matches!(
+        SignedFrontier::sign_with_acks(&alice(), 5, 9, over.clone()),
+        Err(Error::LimitExceeded { .. })
+    ));
+    let mut oversized = frontier.clone();
+    oversized.acks = over;
+    let message = Message::Frontier(oversized);
+    assert!(matches!(
+        message.check_limits(),
+        Err(Error::LimitExceeded { .. })
+    ));
+    assert!(encode(&message).is_err());
+    // Decoding stops at one past the limit: the at-limit bytes with one more pair spliced in.
+    let Message::Frontier(ones) = &message else {
+        unreachable!()
+    };
+    let at_limit = SignedFrontier {
+        acks: ones.acks[..max].to_vec(),
+        ..ones.clone()
+    };
+    let mut raw = encode(&Message::Frontier(at_limit)).unwrap().to_vec();
+    // tag (1) + origin (32) + seq 5 (1) + lamport 9 (1), then the count as a varint.
+    assert_eq!(&raw[35..37], &[0x80, 0x08], "1024 as a varint");
+    raw[35] = 0x81;
+    let acks_end = raw.len() - 64;
+    let mut extra = node(max + 7).as_bytes().to_vec();
+    extra.push(1);
+    raw.splice(acks_end..acks_end, extra);
+    assert!(decode(&raw).unwrap_err().is_misbehaviour());
+    // A node twice, or acks out of order: refused even with a valid signature elsewhere.
+    assert!(
+        SignedFrontier::sign_with_acks(&alice(), 1, 1, vec![(node(1), 1), (node(1), 2)]).is_err()
+    );
+    let mut unsorted = frontier;
+    unsorted.acks.swap(0, 1);
+    assert!(matches!(unsorted.verify(), Err(Error::InvalidMessage(_))));
+    // Without acks, `sign` and `sign_with_acks` agree.
+    assert_eq!(
+        SignedFrontier::sign(&alice(), 3, 4),
+        SignedFrontier::sign_with_acks(&alice(), 3, 4, Vec::new()).unwrap()
     );
 }
