@@ -145,7 +145,8 @@ fn order_view(engine: &Engine, id: &str) -> Result<node::engine::OrderView, Stri
 }
 
 /// The checks after the heal: 1 (equal trade logs), 5 (equal digests), 2 (on every node),
-/// 3 (every acknowledged order on every node, settled; acknowledged cancels took effect).
+/// 3 (every acknowledged order on every node, settled; acknowledged cancels took effect
+/// unless their node was evicted before they settled).
 pub fn final_checks(
     engines: &[&Engine],
     acks: &[Ack],
@@ -217,13 +218,26 @@ pub fn final_checks(
             }
         }
     }
+    // A cancel acknowledged by a node that was evicted afterwards may come after its cut: the
+    // network voids it (the order stays as settled). Every other acknowledged cancel took effect.
+    let cut_origins: Vec<String> = first.status().cut.into_keys().collect();
     for id in cancels {
+        let id_text = id.to_string();
+        let origin_prefix = id_text.split('-').next().unwrap_or_default();
+        let voidable = cut_origins.iter().any(|o| o.starts_with(origin_prefix));
         for (i, engine) in engines.iter().enumerate() {
             let status = engine.order(*id).map(|v| v.status);
-            if !matches!(
-                status,
-                Some(OrderStatus::Cancelled | OrderStatus::Filled | OrderStatus::Rejected)
-            ) {
+            let void_cancel = voidable
+                && matches!(
+                    status,
+                    Some(OrderStatus::Open | OrderStatus::PartiallyFilled)
+                );
+            if !void_cancel
+                && !matches!(
+                    status,
+                    Some(OrderStatus::Cancelled | OrderStatus::Filled | OrderStatus::Rejected)
+                )
+            {
                 return Err((
                     3,
                     format!("order {id} was cancelled by its client but is {status:?} on node {i}"),
