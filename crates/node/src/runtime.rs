@@ -44,6 +44,11 @@ const SPONSOR_MIN_CONNECTED: Duration = Duration::from_secs(2);
 /// Loop iterations at most waiting for the storage thread; beyond it the loop takes no new
 /// input until the disk catches up (backpressure).
 const MAX_IN_FLIGHT: usize = 64;
+/// Storage jobs at most unanswered before the loop waits for the disk: one being synced and
+/// one more iteration's worth prepared meanwhile. Deeper pipelines made more, smaller
+/// iterations (more batches to sign, more frontiers) and measured worse tail latency on the
+/// shared 2-core machine (2026-11-25 load tests).
+const MAX_JOBS_IN_FLIGHT: usize = 2;
 
 /// The full status of a node, as `/v1/status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -464,6 +469,7 @@ impl Node {
             writer,
             in_flight: VecDeque::new(),
             next_job: 0,
+            jobs_in_flight: 0,
             connected: BTreeSet::new(),
             neighbours: HashMap::new(),
             neighbours_changed: false,
@@ -714,8 +720,10 @@ struct Shell {
     writer: Writer,
     /// Iterations whose effects wait, in order, for their records to be durable.
     in_flight: VecDeque<Iteration>,
-    /// The id of the next storage job.
+    /// The id of the last storage job submitted.
     next_job: u64,
+    /// Storage jobs submitted and not answered yet.
+    jobs_in_flight: usize,
     /// The peers connected over TCP (as the transport's events said).
     connected: BTreeSet<NodeId>,
     /// Each connected peer's own connected peers, from its last `Neighbours` message.
@@ -828,7 +836,7 @@ impl Shell {
         while !failed {
             // Backpressure: with too many iterations waiting for the disk, only storage
             // answers (and shutdown) are taken.
-            let open = self.in_flight.len() < MAX_IN_FLIGHT;
+            let open = self.has_room();
             // Not biased: under a flood of peer messages, clients and timers still get turns.
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -858,7 +866,7 @@ impl Shell {
                     break;
                 }
             }
-            if failed || self.in_flight.len() >= MAX_IN_FLIGHT {
+            if failed || !self.has_room() {
                 continue;
             }
             // A burst: whatever else is ready, bounded, taking turns between the queues.
@@ -908,6 +916,11 @@ impl Shell {
             tracing::warn!(%error, "cannot save the peer table");
         }
         let _ = stopped.send(true);
+    }
+
+    /// Whether the loop may take new input, or must wait for the storage thread first.
+    fn has_room(&self) -> bool {
+        self.in_flight.len() < MAX_IN_FLIGHT && self.jobs_in_flight < MAX_JOBS_IN_FLIGHT
     }
 
     /// Tells every peer which nodes this one is connected to, when that changed.
@@ -1287,6 +1300,7 @@ impl Shell {
         }
         let job = (!ops.is_empty()).then(|| {
             self.next_job += 1;
+            self.jobs_in_flight += 1;
             self.next_job
         });
         self.in_flight.push_back(Iteration {
@@ -1310,6 +1324,7 @@ impl Shell {
     fn on_committed(&mut self, committed: Option<Committed>) -> Result<(), Error> {
         let error = match committed {
             Some(Committed { id, result: Ok(()) }) => {
+                self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
                 if let Some(iteration) = self.in_flight.iter_mut().find(|i| i.job == Some(id)) {
                     iteration.job = None;
                 }
@@ -1340,6 +1355,7 @@ impl Shell {
 
     /// After a storage failure nothing in flight is durable: no acknowledgement, no message.
     fn fail_in_flight(&mut self) {
+        self.jobs_in_flight = 0;
         while let Some(mut iteration) = self.in_flight.pop_front() {
             self.discard_iteration(&mut iteration.effects, &mut iteration.deferred);
         }

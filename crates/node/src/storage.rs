@@ -3,8 +3,11 @@
 //!
 //! Log format: a sequence of records, each `u32 length (LE) | u32 CRC-32 (LE) | payload`,
 //! the payload being the postcard encoding of an [`engine::Record`](crate::engine::Record).
-//! Appends are buffered and made durable together by [`Store::sync`] (group commit: one
-//! fsync per loop iteration). On open, a torn tail (a crash mid-write: no valid record
+//! Appends are buffered and made durable together by [`Store::sync`]. A running node moves
+//! its store to a dedicated storage thread that appends every waiting job (one per event-loop
+//! iteration) and fsyncs them together (group commit), so the event loop never waits on the
+//! disk itself; it only holds back each iteration's messages and answers until that thread
+//! reports them durable. On open, a torn tail (a crash mid-write: no valid record
 //! after the bad point) is cut off with a warning; everything before it is intact by
 //! construction. A bad record followed by a valid one is mid-log corruption: opening fails
 //! with [`Error::CorruptLog`] and the file is left untouched.
