@@ -723,6 +723,9 @@ pub struct Engine {
     last_join_ms: Option<u64>,
     join_cursor: usize,
     announce_info: bool,
+    /// The digest of the last settled position it was computed at (hashing every resting
+    /// order is the costliest read: `/v1/status` and gossip ask for it many times per position).
+    digest_cache: std::cell::Cell<Option<(u64, Option<Key>, [u8; 32])>>,
     // Eviction.
     /// Membership changes applied at settled positions.
     epoch: u64,
@@ -830,6 +833,7 @@ impl Engine {
             last_join_ms: None,
             join_cursor: 0,
             announce_info: false,
+            digest_cache: std::cell::Cell::new(None),
             epoch: 0,
             incarnation: BTreeMap::new(),
             evictions: 0,
@@ -1006,7 +1010,21 @@ impl Engine {
 
     /// The state digest: sha256 over the settled position, the matcher's digest and the
     /// trade hash chain.
+    /// Computed once per settled position: the state only changes when an event settles.
     pub fn digest(&self) -> [u8; 32] {
+        if let Some((events, key, digest)) = self.digest_cache.get()
+            && events == self.settled_events
+            && key == self.settled_key
+        {
+            return digest;
+        }
+        let digest = self.compute_digest();
+        self.digest_cache
+            .set(Some((self.settled_events, self.settled_key, digest)));
+        digest
+    }
+
+    fn compute_digest(&self) -> [u8; 32] {
         let mut hasher = Sha256::new();
         hasher.update(b"p2p-exchange/state/v1\0");
         hasher.update(self.settled_events.to_le_bytes());
