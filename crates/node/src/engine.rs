@@ -154,6 +154,9 @@ use crate::ids::{ApiOrderId, hex, order_id, owner_of};
 /// The total order key of an event: `(lamport, origin, seq)`.
 pub type Key = (u64, NodeId, u64);
 
+/// A digest and the settled position it was computed at: (settled events, settled key, digest).
+type CachedDigest = (u64, Option<Key>, [u8; 32]);
+
 /// Most local events signed into one batch.
 pub const MAX_LOCAL_BATCH: usize = 1000;
 /// Most out-of-order batches buffered (over all origins) while a gap is fetched.
@@ -725,7 +728,7 @@ pub struct Engine {
     announce_info: bool,
     /// The digest of the last settled position it was computed at (hashing every resting
     /// order is the costliest read: `/v1/status` and gossip ask for it many times per position).
-    digest_cache: std::cell::Cell<Option<(u64, Option<Key>, [u8; 32])>>,
+    digest_cache: std::cell::Cell<Option<CachedDigest>>,
     // Eviction.
     /// Membership changes applied at settled positions.
     epoch: u64,
