@@ -69,9 +69,11 @@ impl ChildGuard {
 
     fn signal(&self, name: &str) {
         if let Some(pid) = self.id() {
+            // Quiet: after a Ctrl-C in the terminal the node got the signal too and may be gone.
             let _ = Command::new("kill")
                 .arg(format!("-{name}"))
                 .arg(pid.to_string())
+                .stderr(std::process::Stdio::null())
                 .status();
         }
     }
