@@ -33,8 +33,11 @@
 //!    earlier than [`VOTE_FETCH_MS`] later, and only while it hears a majority of the members
 //!    (itself included: votes bind, rule 11, and a vote cast alone or on a minority side could
 //!    never decide anything); if other votes name a higher `last_seq` than it holds, it
-//!    fetches from those voters first. It votes `last_seq = delivered(m)`, once per key, ever: [`Record::Vote`] is persisted before the vote leaves, and a restarted node
-//!    re-sends its stored vote instead of casting a new one.
+//!    fetches from those voters first. It votes `last_seq = delivered(m)`, once per key,
+//!    ever: [`Record::Vote`] is persisted before the vote leaves, and a restarted node
+//!    re-sends its stored vote instead of casting a new one, whether or not it still suspects
+//!    the target (while the key is current and undecided): a vote that never left before a
+//!    crash binds its voter all the same (rule 11), and the others need it to decide.
 //! 4. Votes are kept only for current members as voter and target (voter ≠ target) and the
 //!    target's current incarnation. A second, different vote of one voter for one key is
 //!    equivocation: the first stays, it is counted, and the sender is flagged if it is the voter.
@@ -68,7 +71,11 @@
 //!    the highest seq it reported for itself in its `NetworkInfo` (or that the sponsor holds).
 //!    Its events between the cut and `first_seq` are void (rule 6): every node fetches them
 //!    like any others (the returning node holds them all), so delivered seqs line up with
-//!    `first_seq` everywhere, and its ordered events resume at `first_seq`.
+//!    `first_seq` everywhere, and its ordered events resume at `first_seq`. Whether an event
+//!    after the cut is void is decided at its delivery, so a node must deliver the `Join`
+//!    before the returning node's new events: anti-entropy serves batches merged across
+//!    origins in lamport order (the `Evict`, then the `Join`, then the new events, as they
+//!    were stamped), never origin by origin.
 //! 10. A node back within `evict_after_ms` (a quick restart) is simply caught up. A
 //!     (re)connecting member is not suspect any more, so stale votes are not acted on.
 //!
@@ -77,18 +84,19 @@
 //!     `(target, incarnation, N)` (cast, restored from the log, or our own vote adopted back
 //!     from a peer) a node never acks the target beyond `N` until that incarnation ends (the
 //!     `Evict` applied, or the target back with a new incarnation), with two refinements: it
-//!     may ack as far as a majority of the electorate acks *without it* (any decision's voters
-//!     then include one of those ackers, whose vote is at least that seq, so its own vote
-//!     cannot be in a decision below it), and when this node is itself evicted its votes of
-//!     that incarnation are released (never re-cast, re-sent or adopted again). A node that did
-//!     not vote acks a target with a recorded cut no further than the cut. A member announces
-//!     when its acks move, like when `(seq, lamport)` moves (same
-//!     [`EngineConfig::frontier_min_interval_ms`] coalescing). Receivers keep, per origin, the
-//!     acks of its verified frontiers merged by maximum (acks only grow; its frontier `seq`
-//!     is its own ack), and a frontier is news (verified, kept, relayed) if its lamport is
-//!     higher than the highest announced, or equal and it raises any ack held: the merged
-//!     view's ack total grows (a total over one frontier alone would shrink when a member
-//!     leaves the list, and hide news).
+//!     may ack as far as a majority of the *members* acks *without it* (any decision's voters,
+//!     a majority of the members, then include one of those ackers, whose vote is at least that
+//!     seq, so its own vote cannot be in a decision below it; pending joiners do not count
+//!     here: a returning joiner's acks may be left over from its previous membership), and when
+//!     this node is itself evicted its votes of that incarnation are released (never re-cast,
+//!     re-sent or adopted again). A node that did not vote acks a target with a recorded cut no
+//!     further than the cut. A member announces when its acks move, like when `(seq, lamport)`
+//!     moves (same [`EngineConfig::frontier_min_interval_ms`] coalescing). Receivers keep, per
+//!     origin, the acks of its verified frontiers merged by maximum (acks only grow; its
+//!     frontier `seq` is its own ack), and a frontier is news (verified, kept, relayed) if its
+//!     lamport is higher than the highest announced, or equal and it raises any ack held: the
+//!     merged view's ack total grows (a total over one frontier alone would shrink when a
+//!     member leaves the list, and hide news).
 //! 12. Majority-held settlement. An event `(origin, seq)` settles only when, besides
 //!     `lamport <= S`, a majority (`> n / 2`) of the *electorate* acks `seq` or more for its
 //!     origin. The electorate is the current members plus the nodes admitted by delivered,
@@ -110,31 +118,52 @@
 //!     within its cap is what safety needs, and the separate rule stalls a healed minority for
 //!     good (it voted against the majority's members, whose later events the majority holds
 //!     and settles).
-//! 13. Joining a blocking vote. When the electorate members whose votes cap them at or below
-//!     some `N` leave at most half of the electorate uncapped, no event of the target after `N`
-//!     can ever gather a majority, here or anywhere: a member that holds the target's events up
-//!     to `N`, has not voted for that key and hears a majority votes `N` too (the highest such
-//!     `N`), even if it does not suspect the target, and may then decide (rule 5). Voting `N`
-//!     cuts nothing settled, and the eviction ends a block that would otherwise stall
-//!     settlement for good (say two of four members voted while the fourth still heard the
-//!     target).
+//! 13. Joining a blocking vote. When the members whose votes cap them at or below some `N`
+//!     leave at most half of the electorate of the target's event `N + 1` uncapped, that event
+//!     can never gather a majority, here or anywhere, and neither can any later event of the
+//!     target (they follow it in key order, and the settle loop stops at it): a member that
+//!     holds the target's events up to `N` (none after `N` settled here), has not voted for
+//!     that key and hears a majority votes `N` too (the highest such `N`), even if it does not
+//!     suspect the target, and may then decide (rule 5). Voting `N` cuts nothing settled, and
+//!     the eviction ends a block that would otherwise stall settlement for good (say two of
+//!     four members voted while the fourth still heard the target). The electorate is that
+//!     of event `N + 1` (rule 12: the members, plus joiners whose `Join` is ordered before
+//!     it), not every pending joiner: a `Join` delivered while the target was silent is
+//!     usually ordered after the target's next event, waits behind it, and its joiner acks
+//!     nothing before it is a member, so counting it would hide the block and stall the
+//!     network with the `Join` pending (chaos seed 21). When this node does not hold event
+//!     `N + 1` (its key unknown), every pending joiner counts: the widest electorate, the
+//!     strictest test. Capped voters cannot lift the block through rule 11's refinement
+//!     either: at most half of the members are uncapped, never a majority without them.
 //!
 //! Known limits. Votes are never withdrawn: a vote that never becomes a decision caps its
 //! voter's acks for that incarnation for good. When the capped voters block the target (rule
 //! 13) but no single `N` can reach a majority (split values, e.g. 2 and 3 among four members,
-//! with nobody left to vote), the target's later events never gather a majority and, the
-//! settle loop being in key order, settlement stops behind the first of them on every node
-//! alike: a stall, never a divergence (there is no second round of votes). Decisions take effect at delivery, not in log order: two
+//! with nobody left to vote), the target's later events never gather a majority and, the settle
+//! loop being in key order, settlement stops behind the first of them on every node alike: a
+//! stall, never a divergence (there is no second round of votes). Rule 13 judges the block by
+//! the `Join`s this node has delivered: a `Join` ordered before the target's event `N + 1` that
+//! it has not delivered yet could widen that event's electorate elsewhere (the same exposure as
+//! the quorum argument's, below). Rule 13 also counts a member whose own eviction is decided
+//! but not yet settled as uncapped: it stops acking once it learns its eviction, so if its
+//! `Evict` is ordered behind a target's events that capped voters hold back, neither ever
+//! settles (seen once in chaos seed 21: two of five capped on a restarted node, a third member
+//! evicted behind it; not fixed). Decisions take effect at delivery, not in log order: two
 //! members that decide against each other at the same time (each a majority in its own view)
 //! void each other's later events, the `Evict`s included, in whichever order they arrive, so
-//! two nodes may record different cuts and diverge (their digest gossip reports it). A `Join`
-//! of a returning node delivered before its eviction is checkable here leaves the cut without
-//! its resume point, so that node's later events stay void here. Pending joiners widen the
-//! electorate of settlement but not that of a decision taken in the settled membership; the
-//! quorum argument assumes the two are the same membership. A relay can keep a dead member
-//! looking alive by replaying its last frontier (a liveness, not a safety, issue).
+//! two nodes may record different cuts and diverge (their digest gossip reports it). A
+//! returning node's new events that reach a node holding its cut before the `Join` does by
+//! another path than a sync response (a live relay from the returning node to a node the
+//! sponsor's `Join` has not reached) are delivered void there: a divergence (rule 9 orders each
+//! sync response, not the flood). A `Join` of a returning node delivered before its eviction is
+//! checkable here leaves the cut without its resume point, so that node's later events stay
+//! void here. Pending joiners widen the electorate of settlement but not that of a decision
+//! taken in the settled membership; the quorum argument assumes the two are the same
+//! membership. A relay can keep a dead member looking alive by replaying its last frontier (a
+//! liveness, not a safety, issue).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use orderbook_core::{
@@ -1746,11 +1775,13 @@ impl Engine {
         delivered.min(cap.max(self.acked_by_others(member)))
     }
 
-    /// The highest seq of `member` that a majority of the electorate acks without this node:
-    /// acking up to there breaks no promise of this node's vote (any decision's voters include
-    /// one of those ackers, whose vote is at least that seq).
+    /// The highest seq of `member` that a majority of the members acks without this node:
+    /// acking up to there breaks no promise of this node's vote (any decision's voters, a
+    /// majority of the members, then include one of those ackers, whose vote is at least that
+    /// seq). Members only, not pending joiners: a decision is a majority of the members, and
+    /// a returning joiner's acks may be left over from its previous membership.
     fn acked_by_others(&self, member: &NodeId) -> u64 {
-        let electorate = self.electorate(None);
+        let electorate = &self.members;
         let mut acks: Vec<u64> = electorate
             .iter()
             .filter(|m| **m != self.me)
@@ -2218,30 +2249,45 @@ impl Engine {
         let mut batches = Vec::new();
         let mut events = 0usize;
         let mut done = true;
-        // The founder first: a joining node needs the genesis before anything else.
-        let founder = self.genesis.map(|(_, f)| f);
-        let order = founder
-            .into_iter()
-            .chain(self.origins.keys().copied().filter(|o| Some(*o) != founder));
-        'origins: for origin in order {
-            let Some(st) = self.origins.get(&origin) else {
-                continue;
-            };
-            let have = theirs.get(&origin).copied().unwrap_or(0);
+        // Batches go out merged across origins in the order of their first event's lamport
+        // (each origin's own batches stay in seq order: their lamports increase). That order
+        // respects what matters to the requester: the genesis (lamport 1) first, an `Evict`
+        // before the `Join` that re-admits its target (the sponsor stamps it after the
+        // `Evict`), and that `Join` before the returning node's new events (stamped after it
+        // learned its `Join`). Served origin by origin instead, a requester that holds a cut
+        // and not yet the `Join` would deliver the returning node's new events void while
+        // everyone else orders them, and diverge (chaos seed 21: a restarted node syncing
+        // while the evicted founder had been re-admitted, the founder's batches going first).
+        let first_lamport = |batch: &SignedBatch| batch.events().first().map_or(0, |e| e.lamport);
+        let mut next: BinaryHeap<Reverse<(u64, NodeId, usize)>> = BinaryHeap::new();
+        for (origin, st) in &self.origins {
+            let have = theirs.get(origin).copied().unwrap_or(0);
             if st.delivered <= have {
                 continue;
             }
             let start = st.batches.partition_point(|b| b.last_seq() <= have);
-            for batch in &st.batches[start..] {
-                // At least one batch per response, so a huge batch cannot stall the sync.
-                if batches.len() >= peer_protocol::MAX_BATCHES_PER_SYNC
-                    || (!batches.is_empty() && events + batch.events().len() > MAX_SYNC_EVENTS)
-                {
-                    done = false;
-                    break 'origins;
-                }
-                events += batch.events().len();
-                batches.push((**batch).clone());
+            if let Some(batch) = st.batches.get(start) {
+                next.push(Reverse((first_lamport(batch), *origin, start)));
+            }
+        }
+        while let Some(Reverse((_, origin, index))) = next.pop() {
+            let Some(st) = self.origins.get(&origin) else {
+                continue;
+            };
+            let Some(batch) = st.batches.get(index) else {
+                continue;
+            };
+            // At least one batch per response, so a huge batch cannot stall the sync.
+            if batches.len() >= peer_protocol::MAX_BATCHES_PER_SYNC
+                || (!batches.is_empty() && events + batch.events().len() > MAX_SYNC_EVENTS)
+            {
+                done = false;
+                break;
+            }
+            events += batch.events().len();
+            batches.push((**batch).clone());
+            if let Some(following) = st.batches.get(index + 1) {
+                next.push(Reverse((first_lamport(following), origin, index + 1)));
             }
         }
         if batches.is_empty() && done {
@@ -2894,6 +2940,7 @@ impl Engine {
         if may_vote {
             self.join_blocking_votes(now, out);
         }
+        self.reinstate_own_votes(out);
         if due(&mut self.last_vote_broadcast_ms, now, VOTE_REBROADCAST_MS) {
             for ((target, epoch), votes) in &self.votes {
                 // Also the votes of keys this node voted on: they bind it, and a member that
@@ -2976,6 +3023,46 @@ impl Engine {
         self.cast_vote(key, delivered, now, out);
     }
 
+    /// Puts this node's own stored votes of current keys back into the tally and sends them
+    /// (rule 3 of the module docs). After a restart a vote is only in `my_votes`: if it never
+    /// left before the crash (cast on one side of a partition, say), nobody else holds it, yet
+    /// it caps this node's acks (rule 11). Re-sent only while the target was suspect, it would
+    /// be lost for good once the target is heard again, and the two capped halves of a
+    /// majority would block the target's later events forever, each waiting for the other.
+    fn reinstate_own_votes(&mut self, out: &mut Vec<Effect>) {
+        let me = self.me;
+        let missing: Vec<((NodeId, u64), u64)> = self
+            .my_votes
+            .iter()
+            .filter(|(key, _)| {
+                key.0 != me
+                    && self.current_key(&key.0) == Some(**key)
+                    && !self.released_votes.contains(key)
+                    && self
+                        .cuts
+                        .get(&key.0)
+                        .is_none_or(|cut| cut.incarnation != key.1)
+                    && !self
+                        .votes
+                        .get(key)
+                        .is_some_and(|votes| votes.contains_key(&me))
+            })
+            .map(|(key, last_seq)| (*key, *last_seq))
+            .collect();
+        for ((target, epoch), last_seq) in missing {
+            tracing::info!(target_node = %target.short(), epoch, last_seq, "re-sending this node's stored eviction vote");
+            let signature = self.sign_vote(&target, epoch, last_seq);
+            self.votes
+                .entry((target, epoch))
+                .or_default()
+                .insert(me, (last_seq, signature));
+            out.push(Effect::Broadcast {
+                message: vote_message(me, target, epoch, last_seq, signature),
+                except: None,
+            });
+        }
+    }
+
     /// Casts this node's one vote for `key` at `last_seq`: persisted before it leaves.
     fn cast_vote(&mut self, key: (NodeId, u64), last_seq: u64, now: u64, out: &mut Vec<Effect>) {
         let (target, epoch) = key;
@@ -3004,7 +3091,6 @@ impl Engine {
     /// `N` can settle anywhere, so voting `N` cuts nothing settled, and it lets a decision
     /// end the block instead of stalling settlement for good.
     fn join_blocking_votes(&mut self, now: u64, out: &mut Vec<Effect>) {
-        let electorate = self.electorate(None);
         let mut join = Vec::new();
         for (key, votes) in &self.votes {
             let (target, epoch) = *key;
@@ -3017,12 +3103,15 @@ impl Engine {
                 continue;
             }
             let delivered = self.delivered(&target);
-            // The highest N that blocks: voters at or below it are capped there.
+            let settled = self.origins.get(&target).map_or(0, |st| st.settled);
+            // The highest N that blocks: voters at or below it are capped there. (Below what
+            // this node settled nothing blocks, and a decision there would never be taken.)
             let blocking = votes
                 .values()
                 .map(|(seq, _)| *seq)
-                .filter(|n| *n <= delivered)
+                .filter(|n| *n <= delivered && *n >= settled)
                 .filter(|n| {
+                    let electorate = self.blocking_electorate(&target, *n);
                     let capped = votes
                         .iter()
                         .filter(|(voter, (seq, _))| seq <= n && electorate.contains(voter))
@@ -3038,6 +3127,22 @@ impl Engine {
             tracing::warn!(target_node = %key.0.short(), epoch = key.1, last_seq, "joining eviction votes that already block the member's later events");
             self.cast_vote(key, last_seq, now, out);
         }
+    }
+
+    /// The electorate that must ack `target`'s first event after `n` for any of its events
+    /// after `n` to settle (rule 13 of the module docs): settlement runs in key order and the
+    /// target's later events follow that one, so if it can never gather a majority, none
+    /// can. A pending joiner counts only if its `Join` is ordered before that event (as in
+    /// [`Engine::majority_holds`], on every node alike: the key order decides it). If this
+    /// node does not hold that event (its key unknown), every pending joiner counts (the
+    /// widest electorate, so the test is the strictest).
+    fn blocking_electorate(&self, target: &NodeId, n: u64) -> BTreeSet<NodeId> {
+        let first_after = n.saturating_add(1);
+        let key = self
+            .unsettled
+            .keys()
+            .find(|(_, origin, seq)| origin == target && *seq == first_after);
+        self.electorate(key)
     }
 
     fn sign_vote(&self, target: &NodeId, epoch: u64, last_seq: u64) -> Signature {

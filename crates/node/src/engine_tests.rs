@@ -2212,3 +2212,212 @@ fn a_member_joins_a_vote_that_already_blocks_its_target() {
     }
     assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
 }
+
+// ---- Stalls after several evictions (issue 7, H7) ---------------------------------------
+
+/// A vote that never left before its voter crashed (the stall of sim seed 1514): nodes 1
+/// and 2 vote against silent node 0 while a second split keeps their votes apart, node 2 is
+/// restarted from its log before its vote reaches anyone, and after the heal node 0 is heard
+/// again, so nobody suspects it any more. Both votes cap their voters' acks, so node 0's
+/// later events can only be settled by a decision: the restarted node re-sends its stored
+/// vote although it no longer suspects node 0, the two votes decide, node 0 is evicted,
+/// rejoins, and everything settles.
+#[test]
+fn a_restarted_voter_resends_a_vote_that_never_left() {
+    let mut sim = Sim::network(3);
+    sim.set_evict_after(2000);
+    sim.place(1, limit(Side::Sell, "100", "5")).expect("placed");
+    sim.settle_all();
+    sim.partition(&[0]);
+    let cut_order = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    let target = sim.id(0);
+    sim.run_until(5000, "nodes 1 and 2 suspect node 0", |s| {
+        s.nodes[1..]
+            .iter()
+            .all(|n| n.suspects.contains_key(&target))
+    });
+    // Nodes 1 and 2 lose each other before they vote: each vote stays with its voter.
+    sim.partition(&[2]);
+    let voted = |s: &Sim, node: usize| {
+        s.logs[node]
+            .iter()
+            .any(|r| matches!(r, Record::Vote { .. }))
+    };
+    sim.run_until(5000, "nodes 1 and 2 vote", |s| voted(s, 1) && voted(s, 2));
+    assert!(
+        sim.nodes
+            .iter()
+            .all(|n| n.members().len() == 3 && n.evictions() == 0),
+        "one vote each decides nothing"
+    );
+    // Node 2 crashes and restarts from its log; then everything heals.
+    sim.nodes[2] = sim.rebuilt(2);
+    sim.run(500, 100);
+    sim.heal();
+    sim.run_until(30_000, "node 0 is evicted and rejoins", |s| {
+        s.nodes
+            .iter()
+            .all(|n| n.evictions() == 1 && n.members().len() == 3 && n.phase() == Phase::Member)
+    });
+    let again = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.settle_all();
+    sim.assert_rejected_everywhere(&cut_order);
+    for node in 0..3 {
+        assert_eq!(
+            sim.nodes[node].digest(),
+            sim.nodes[1].digest(),
+            "node {node}"
+        );
+        assert_eq!(
+            sim.order_status(node, &again).expect("everywhere").status,
+            OrderStatus::Filled
+        );
+    }
+    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+}
+
+/// A blocking vote is judged in the electorate of the target's first event after the cut
+/// (the stall of chaos seed 21): nodes 1 and 2 of four members vote against silent node 0
+/// while a newcomer's `Join` is pending, ordered after node 0's next event. Counting the
+/// newcomer, the two capped voters leave three of five uncapped, so node 3 (which never
+/// suspects node 0) would not join; but node 0's next event is ordered before the `Join`,
+/// its electorate is the four members, and two of them can never ack it: settlement would
+/// stop there for good, the `Join` behind it. Node 3 joins the vote once it holds that
+/// event, node 0 is evicted and rejoins, the newcomer is admitted, and everything settles.
+#[test]
+fn a_blocking_vote_is_judged_in_the_electorate_of_the_blocked_event() {
+    let mut sim = Sim::new(5);
+    sim.tick(1);
+    for a in 0..4 {
+        for b in a + 1..4 {
+            sim.connect(a, b);
+        }
+    }
+    sim.drain();
+    sim.run_until(20_000, "four members", |s| {
+        s.nodes[..4]
+            .iter()
+            .all(|n| n.phase() == Phase::Member && n.members().len() == 4)
+    });
+    sim.set_evict_after(4000);
+    sim.nodes[3].config.evict_after_ms = 600_000;
+    sim.place(1, limit(Side::Sell, "100", "5")).expect("placed");
+    sim.settle_all_of(&[0, 1, 2, 3]);
+    sim.partition(&[0]);
+    let cut_order = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    // The majority side's clock moves past node 0's event; then node 4 asks to join. Its
+    // `Join` is ordered after node 0's event and cannot settle while node 0 is silent.
+    sim.place(1, limit(Side::Sell, "101", "1")).expect("placed");
+    sim.drain();
+    sim.place(2, limit(Side::Sell, "102", "1")).expect("placed");
+    sim.drain();
+    for member in 1..4 {
+        sim.connect(member, 4);
+    }
+    let newcomer = sim.id(4);
+    sim.run_until(
+        3000,
+        "node 4's Join is delivered on the majority side",
+        |s| {
+            s.nodes[1..4]
+                .iter()
+                .all(|n| n.pending_joins.values().any(|m| *m == newcomer))
+        },
+    );
+    let voted = |s: &Sim, node: usize| {
+        s.logs[node]
+            .iter()
+            .any(|r| matches!(r, Record::Vote { .. }))
+    };
+    sim.run_until(10_000, "nodes 1 and 2 vote", |s| voted(s, 1) && voted(s, 2));
+    sim.run(1000, 100);
+    assert!(
+        !voted(&sim, 3),
+        "without node 0's next event, node 3 counts the joiner and does not join"
+    );
+    sim.heal();
+    sim.run_until(
+        30_000,
+        "node 0 is evicted; node 0 and node 4 become members",
+        |s| {
+            s.nodes[..4].iter().all(|n| n.evictions() == 1)
+                && s.nodes
+                    .iter()
+                    .all(|n| n.phase() == Phase::Member && n.members().len() == 5)
+        },
+    );
+    assert!(voted(&sim, 3), "node 3 joined the blocking vote");
+    let again = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.settle_all();
+    sim.assert_rejected_everywhere(&cut_order);
+    for node in 0..5 {
+        assert_eq!(
+            sim.nodes[node].digest(),
+            sim.nodes[1].digest(),
+            "node {node}"
+        );
+        assert_eq!(
+            sim.order_status(node, &again).expect("everywhere").status,
+            OrderStatus::Filled
+        );
+    }
+    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+}
+
+/// A node that restarts holding an eviction's cut but not the `Join` that re-admitted its
+/// target (the divergence of chaos seed 21): the founder, node 0, is evicted and rejoins
+/// while node 4 is down, and places new orders. Node 4 comes back and syncs: its peers serve
+/// batches in lamport order, so it delivers node 0's `Join` before node 0's new events and
+/// orders them like everyone else (served origin by origin, the founder first, it delivered
+/// them void and settled a different log). Node 4, evicted meanwhile, rejoins; all agree.
+#[test]
+fn a_restarted_node_gets_a_returning_members_join_before_its_new_events() {
+    let mut sim = Sim::network(5);
+    sim.set_evict_after(2000);
+    sim.place(1, limit(Side::Sell, "100", "5")).expect("placed");
+    sim.settle_all();
+    let (founder, down) = (sim.id(0), sim.id(4));
+    sim.partition(&[0]);
+    let cut_order = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.run_until(20_000, "the others evict node 0", |s| {
+        s.nodes[1..].iter().all(|n| !n.members().contains(&founder))
+    });
+    // Node 4 goes down with the cut in its log; node 0 comes back to the three others.
+    sim.partition(&[4]);
+    for member in 1..4 {
+        sim.connect(0, member);
+    }
+    sim.run_until(30_000, "node 0 rejoins, node 4 is evicted", |s| {
+        s.nodes[..4].iter().all(|n| {
+            n.phase() == Phase::Member
+                && n.members().contains(&founder)
+                && !n.members().contains(&down)
+        })
+    });
+    let after = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.settle_all_of(&[0, 1, 2, 3]);
+    // Node 4 restarts from its log and syncs from everyone.
+    sim.nodes[4] = sim.rebuilt(4);
+    sim.heal();
+    sim.run_until(30_000, "all five are members", |s| {
+        s.nodes
+            .iter()
+            .all(|n| n.phase() == Phase::Member && n.members().len() == 5)
+    });
+    sim.settle_all();
+    sim.assert_rejected_everywhere(&cut_order);
+    for node in 0..5 {
+        assert_eq!(
+            sim.nodes[node].digest(),
+            sim.nodes[1].digest(),
+            "node {node}"
+        );
+        assert_eq!(sim.nodes[node].status().digest_mismatches, 0, "node {node}");
+        assert_eq!(
+            sim.order_status(node, &after).expect("everywhere").status,
+            OrderStatus::Filled,
+            "node {node}"
+        );
+    }
+    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+}

@@ -1425,7 +1425,28 @@ fn trace_message(t: u64, from: usize, to: usize, message: &Message) {
             origin = %frontier.origin.short(),
             seq = frontier.seq,
             lamport = frontier.lamport,
+            acks = ?frontier
+                .acks
+                .iter()
+                .map(|(node, seq)| format!("{}:{seq}", node.short()))
+                .collect::<Vec<_>>(),
             "frontier"
+        ),
+        Message::Vote {
+            voter,
+            target,
+            epoch,
+            last_seq,
+            ..
+        } => tracing::debug!(
+            t,
+            from,
+            to,
+            voter = %voter.short(),
+            target = %target.short(),
+            epoch,
+            last_seq,
+            "vote"
         ),
         Message::SyncResponse { batches, done } => {
             let spans: Vec<String> = batches
