@@ -12,22 +12,25 @@
 //!   reply). The tokio task in `runtime.rs` is a thin shell around it.
 //! - **Events** are `peer_protocol::Event{origin, seq, lamport, body}`; local events get
 //!   `lamport = 1 + max seen` and are signed in batches: the events created during one loop
-//!   iteration (up to 512 inputs) become one `SignedBatch` (ed25519 cost amortized), are
-//!   appended and fsynced (group commit), and only then are clients answered and the batch
-//!   broadcast. An order's id is `prefix(origin) << 64 | seq` where `prefix` is the first 8
+//!   iteration (up to 512 inputs) become one `SignedBatch` (ed25519 cost amortized), go to
+//!   a storage thread that appends and fsyncs whatever is waiting (group commit), and only
+//!   once they and all earlier records are durable are clients answered and the batch
+//!   broadcast (the loop meanwhile goes on with the next iterations). An order's id is `prefix(origin) << 64 | seq` where `prefix` is the first 8
 //!   bytes of the node id; its API form is `<16 hex digits>-<seq>`
 //!   ([`ids::ApiOrderId`]); the owner of every order of a node is that prefix
 //!   ([`ids::owner_of`]), and self-trade prevention is off (one owner, many clients).
 //! - **Delivery** is per origin in seq order; batches ahead of a gap are buffered
 //!   (bounded) and a `SyncRequest` is sent; duplicates are dropped before their signature
 //!   is even checked; each newly delivered batch is relayed to the other peers (flood with
-//!   dedup, so a partial mesh works). Anti-entropy: `SyncRequest{clock}` on connect and
+//!   dedup, so a partial mesh works), except to peers that list its origin as a neighbour
+//!   (`Message::Neighbours`: they have it from the origin). Anti-entropy: `SyncRequest{clock}` on connect and
 //!   every 2 s, answered with the stored batches the other lacks, in order, bounded.
-//! - **Frontiers.** A member announces `SignedFrontier{seq, lamport = its clock}` whenever
-//!   its clock moved (at most every 5 ms) and at least every heartbeat. A frontier is
-//!   trusted once its origin's events up to its `seq` are delivered. The settled frontier
-//!   `S` is the minimum over current members; events with `lamport <= S` are applied to
-//!   `orderbook_core::Exchange` in `(lamport, origin, seq)` order. An event arriving at or
+//! - **Frontiers.** A member announces `SignedFrontier{seq, lamport = its clock, acks}`
+//!   (acks: the highest seq it holds of every member) whenever its clock or acks moved (at
+//!   most every 5 ms) and at least every heartbeat. A frontier is trusted once its origin's
+//!   events up to its `seq` are delivered. The settled frontier `S` is the minimum over
+//!   current members; events with `lamport <= S` that a majority of the members acks are
+//!   applied to `orderbook_core::Exchange` in `(lamport, origin, seq)` order. An event arriving at or
 //!   below `S` is rejected, logged and its sender scored down. Settled is final.
 //! - **Membership** is in the log: the founder's first event is `Genesis` (genesis id =
 //!   sha256 of founder, network id and market hash, [`engine::genesis_id`]). A fresh node
@@ -40,7 +43,9 @@
 //!   networks that meet: the one without orders (or with the higher genesis id when both
 //!   are empty) wipes its log and joins the other; two with orders refuse each other
 //!   (`Goodbye{NetworkMismatch}`, error log), never merging. A silent member stalls
-//!   settlement (orders stay `pending`); `/v1/status` lists it in `waiting_for`.
+//!   settlement (orders stay `pending`); `/v1/status` lists it in `waiting_for`. After
+//!   `evict_after_ms` of silence a majority evicts it by signed votes (the rules and their
+//!   known limits are in the [`engine`] module docs); the evicted node rejoins by itself.
 //! - **Durability.** The data directory holds `node.key` (0600), `LOCK` (held with
 //!   `File::try_lock`: a second node gets [`Error::DataDirLocked`]) and `events.log`, an
 //!   append-only log of every delivered batch plus "settled up to" markers, each record
