@@ -757,6 +757,23 @@ async fn the_http_api_follows_the_design() {
     assert_eq!(res.status(), 413);
     let err: serde_json::Value = res.json().await.expect("json");
     assert_eq!(err["error"]["code"], "body_too_large");
+    // A known route with the wrong method, and an unknown route: JSON errors too.
+    let res = http
+        .put(format!("{base}/v1/orders"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 405);
+    let err: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["code"], "method_not_allowed");
+    let res = http
+        .get(format!("{base}/v1/nowhere"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 404);
+    let err: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["code"], "not_found");
     let status: serde_json::Value = get_json(&http, format!("{base}/v1/status")).await;
     assert_eq!(status["events_delivered"], status["settled_events"]);
     let delivered_before = status["events_delivered"].clone();
