@@ -1451,6 +1451,18 @@ impl Engine {
             if let Some(seq) = self.client_ids.get(client_id) {
                 let id = order_id(&self.me, *seq);
                 if let Some(record) = self.orders.get(&id.0) {
+                    if record.order != order {
+                        // The same key for a different order is a client bug, not a retry.
+                        return Err(ClientError::new(
+                            ClientErrorKind::Conflict,
+                            "client_order_id_reused",
+                            format!(
+                                "client_order_id {client_id:?} already names order {} with \
+                                 different fields",
+                                ApiOrderId(id)
+                            ),
+                        ));
+                    }
                     return Ok(self.view(record));
                 }
             }

@@ -334,8 +334,16 @@ fn client_order_id_makes_retries_idempotent() {
         ..limit(Side::Buy, "100", "1")
     };
     let first = sim.place(0, order.clone()).expect("placed");
-    let again = sim.place(0, order).expect("same");
+    let again = sim.place(0, order.clone()).expect("same");
     assert_eq!(first.order_id, again.order_id);
+    // The same key with other fields is refused, and creates nothing.
+    let other = PlaceOrder {
+        quantity: "2".parse().expect("decimal"),
+        ..order
+    };
+    let refused = sim.place(0, other).expect_err("a reused key is a conflict");
+    assert_eq!(refused.kind, ClientErrorKind::Conflict);
+    assert_eq!(refused.code, "client_order_id_reused");
     assert_eq!(sim.nodes[0].book("BTC-USD").expect("book").len(), 1);
 }
 
