@@ -90,12 +90,17 @@
 //!     here: a returning joiner's acks may be left over from its previous membership), and when
 //!     this node is itself evicted its votes of that incarnation are released (never re-cast,
 //!     re-sent or adopted again). A node that did not vote acks a target with a recorded cut no
-//!     further than the cut. A member announces when its acks move, like when `(seq, lamport)`
-//!     moves (same [`EngineConfig::frontier_min_interval_ms`] coalescing). Receivers keep, per
-//!     origin, the acks of its verified frontiers merged by maximum (acks only grow; its
-//!     frontier `seq` is its own ack), and a frontier is news (verified, kept, relayed) if its
-//!     lamport is higher than the highest announced, or equal and it raises any ack held: the
-//!     merged view's ack total grows (a total over one frontier alone would shrink when a
+//!     further than the cut. A node that learned of its own eviction keeps announcing its
+//!     frontier with acks until it is a member again, its released votes still capping them:
+//!     its `Evict` may settle here first, while elsewhere it is still in the electorate of the
+//!     events ordered before that `Evict`, which may need its acks (chaos seed 21), and the
+//!     others keep counting them there (only its events after the cut are void; its acks are
+//!     honest statements of what it holds). A member announces when its acks move, like when
+//!     `(seq, lamport)` moves (same [`EngineConfig::frontier_min_interval_ms`] coalescing).
+//!     Receivers keep, per origin, the acks of its verified frontiers merged by maximum (acks only
+//!     grow; its frontier `seq` is its own ack), and a frontier is news (verified, kept, relayed)
+//!     if its lamport is higher than the highest announced, or equal and it raises any ack held:
+//!     the merged view's ack total grows (a total over one frontier alone would shrink when a
 //!     member leaves the list, and hide news).
 //! 12. Majority-held settlement. An event `(origin, seq)` settles only when, besides
 //!     `lamport <= S`, a majority (`> n / 2`) of the *electorate* acks `seq` or more for its
@@ -136,29 +141,34 @@
 //!     strictest test. Capped voters cannot lift the block through rule 11's refinement
 //!     either: at most half of the members are uncapped, never a majority without them.
 //!
-//! Known limits. Votes are never withdrawn: a vote that never becomes a decision caps its
-//! voter's acks for that incarnation for good. When the capped voters block the target (rule
-//! 13) but no single `N` can reach a majority (split values, e.g. 2 and 3 among four members,
-//! with nobody left to vote), the target's later events never gather a majority and, the settle
-//! loop being in key order, settlement stops behind the first of them on every node alike: a
-//! stall, never a divergence (there is no second round of votes). Rule 13 judges the block by
-//! the `Join`s this node has delivered: a `Join` ordered before the target's event `N + 1` that
-//! it has not delivered yet could widen that event's electorate elsewhere (the same exposure as
-//! the quorum argument's, below). Rule 13 also counts a member whose own eviction is decided
-//! but not yet settled as uncapped: it stops acking once it learns its eviction, so if its
-//! `Evict` is ordered behind a target's events that capped voters hold back, neither ever
-//! settles (seen once in chaos seed 21: two of five capped on a restarted node, a third member
-//! evicted behind it; not fixed). Decisions take effect at delivery, not in log order: two
-//! members that decide against each other at the same time (each a majority in its own view)
-//! void each other's later events, the `Evict`s included, in whichever order they arrive, so
-//! two nodes may record different cuts and diverge (their digest gossip reports it). A
-//! returning node's new events that reach a node holding its cut before the `Join` does by
-//! another path than a sync response (a live relay from the returning node to a node the
-//! sponsor's `Join` has not reached) are delivered void there: a divergence (rule 9 orders each
-//! sync response, not the flood). A `Join` of a returning node delivered before its eviction is
-//! checkable here leaves the cut without its resume point, so that node's later events stay
-//! void here. Pending joiners widen the electorate of settlement but not that of a decision
-//! taken in the settled membership; the quorum argument assumes the two are the same
+//! Known limits. Votes are never withdrawn: a vote that never becomes a decision caps its voter's
+//! acks for that incarnation for good. When the capped voters block the target (rule 13) but no
+//! single `N` can reach a majority (split values, e.g. 2 and 3 among four members, with nobody left
+//! to vote), the target's later events never gather a majority and, the settle loop being in key
+//! order, settlement stops behind the first of them on every node alike: a stall, never a
+//! divergence (there is no second round of votes). Rule 13 judges the block by the `Join`s this
+//! node has delivered: a `Join` ordered before the target's event `N + 1` that it has not delivered
+//! yet could widen that event's electorate elsewhere (the same exposure as the quorum argument's,
+//! below). Rule 13 counts a member whose own eviction is decided but not yet settled as uncapped:
+//! if its `Evict` is ordered behind a target's events that capped voters hold back, they settle
+//! only once it is heard again (its acks keep counting, rule 11), not while it stays down. And if
+//! the target and that member are the only uncapped members left (four members, two capped),
+//! nothing can lift the block: the evicted member no longer votes (it is not in [`Phase::Member`]),
+//! the target never votes on itself, and settlement stops on every node alike (chaos seed 21 once
+//! more after H8; not fixed: letting a member whose `Evict` is pending join a blocking vote would
+//! make that vote valid only where its `Evict` has not settled yet). An evicted node's released
+//! votes cap its acks only until it is a member again: a node that has not yet settled its `Evict`
+//! then still counts its acks, uncapped, for events ordered before it (a window not seen in tests).
+//! Decisions take effect at delivery, not in log order: two members that decide against each other
+//! at the same time (each a majority in its own view) void each other's later events, the `Evict`s
+//! included, in whichever order they arrive, so two nodes may record different cuts and diverge
+//! (their digest gossip reports it). A returning node's new events that reach a node holding its
+//! cut before the `Join` does by another path than a sync response (a live relay from the returning
+//! node to a node the sponsor's `Join` has not reached) are delivered void there: a divergence
+//! (rule 9 orders each sync response, not the flood). A `Join` of a returning node delivered before
+//! its eviction is checkable here leaves the cut without its resume point, so that node's later
+//! events stay void here. Pending joiners widen the electorate of settlement but not that of a
+//! decision taken in the settled membership; the quorum argument assumes the two are the same
 //! membership. A relay can keep a dead member looking alive by replaying its last frontier (a
 //! liveness, not a safety, issue).
 
@@ -773,9 +783,10 @@ pub struct Engine {
     /// This node's own votes (persisted as [`Record::Vote`]), until its own eviction ends the
     /// incarnation it cast them in.
     my_votes: BTreeMap<(NodeId, u64), u64>,
-    /// Keys of this node's votes released by its own eviction: never cast, re-sent or adopted
-    /// again (rebuilt by replay, as the eviction is replayed after the votes).
-    released_votes: BTreeSet<(NodeId, u64)>,
+    /// This node's votes released by its own eviction (key -> `last_seq`): never cast, re-sent
+    /// or adopted again (rebuilt by replay, as the eviction is replayed after the votes). Until
+    /// this node is a member again they still cap the acks it announces (rule 11).
+    released_votes: BTreeMap<(NodeId, u64), u64>,
     cuts: BTreeMap<NodeId, Cut>,
     /// Delivered `Evict` events not yet checkable, with the epoch they were last checked at.
     pending_evicts: Vec<Event>,
@@ -874,7 +885,7 @@ impl Engine {
             suspects: BTreeMap::new(),
             votes: BTreeMap::new(),
             my_votes: BTreeMap::new(),
-            released_votes: BTreeSet::new(),
+            released_votes: BTreeMap::new(),
             cuts: BTreeMap::new(),
             pending_evicts: Vec::new(),
             pending_evicts_checked: 0,
@@ -1700,7 +1711,11 @@ impl Engine {
     }
 
     fn maybe_announce(&mut self, now_ms: u64, heartbeat: bool, out: &mut Vec<Effect>) {
-        if self.genesis.is_none() || !self.members.contains(&self.me) {
+        // An evicted node keeps announcing until it is a member again: elsewhere its `Evict`
+        // may not have settled yet, and there its acks still count for the events ordered
+        // before it (rule 11 of the module docs).
+        let evicted = self.cuts.contains_key(&self.me);
+        if self.genesis.is_none() || !(self.members.contains(&self.me) || evicted) {
             return;
         }
         let seq = self.origins.get(&self.me).map_or(0, |st| st.delivered);
@@ -1814,10 +1829,14 @@ impl Engine {
     }
 
     /// The highest seq of `member` this node may ack: its own vote (a promise, until the
-    /// incarnation ends), else the recorded cut of its current incarnation.
+    /// incarnation ends; after this node's own eviction, until it is a member again), else
+    /// the recorded cut of its current incarnation.
     fn ack_cap(&self, member: &NodeId) -> Option<u64> {
         let key = self.current_key(member)?;
-        self.my_votes.get(&key).copied().or_else(|| {
+        let released = (!self.members.contains(&self.me))
+            .then(|| self.released_votes.get(&key))
+            .flatten();
+        self.my_votes.get(&key).or(released).copied().or_else(|| {
             self.cuts
                 .get(member)
                 .filter(|cut| cut.incarnation == key.1)
@@ -2980,7 +2999,7 @@ impl Engine {
     fn vote(&mut self, target: NodeId, epoch: u64, now: u64, out: &mut Vec<Effect>) {
         let key = (target, epoch);
         let me = self.me;
-        if self.released_votes.contains(&key) {
+        if self.released_votes.contains_key(&key) {
             // Cast in an earlier incarnation of this node: one vote per key, ever.
             return;
         }
@@ -3049,7 +3068,7 @@ impl Engine {
             .filter(|(key, _)| {
                 key.0 != me
                     && self.current_key(&key.0) == Some(**key)
-                    && !self.released_votes.contains(key)
+                    && !self.released_votes.contains_key(key)
                     && self
                         .cuts
                         .get(&key.0)
@@ -3109,7 +3128,7 @@ impl Engine {
             if target == self.me
                 || self.current_key(&target) != Some(*key)
                 || self.my_votes.contains_key(key)
-                || self.released_votes.contains(key)
+                || self.released_votes.contains_key(key)
                 || self.cut_active(&target)
             {
                 continue;
@@ -3187,7 +3206,7 @@ impl Engine {
             return;
         }
         let key = (target, epoch);
-        if voter == self.me && self.released_votes.contains(&key) {
+        if voter == self.me && self.released_votes.contains_key(&key) {
             // Our own vote of an earlier incarnation, relayed back: it binds us no more, so it
             // must not count again.
             return;
@@ -3479,7 +3498,7 @@ impl Engine {
                         // This node's votes were cast as a member of the incarnation that just
                         // ended: they no longer bind its acks (rule 11 of the module docs).
                         let released = std::mem::take(&mut self.my_votes);
-                        self.released_votes.extend(released.into_keys());
+                        self.released_votes.extend(released);
                         tracing::warn!(
                             last_seq,
                             "this node was evicted by a majority of the members; asking to join again"

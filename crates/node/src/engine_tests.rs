@@ -2429,3 +2429,79 @@ fn a_restarted_node_gets_a_returning_members_join_before_its_new_events() {
     }
     assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
 }
+
+// ---- An eviction ordered behind a blocked target (issue 7, H8) --------------------------
+
+/// The stall of chaos seed 21: nodes 2 and 3 vote against silent node 4 (not a decision:
+/// two of five), node 4 comes back with an event only it holds, so it needs the acks of
+/// nodes 0, 1 and 4, the only uncapped members. Node 1 falls silent before it gets that
+/// event, and the others evict it: its `Evict` is ordered after node 4's event. Node 1
+/// stays a member of that event's electorate until its `Evict` settles, so once it is back
+/// its acks count: node 4's event settles, then node 1's `Evict`, and node 1 rejoins.
+#[test]
+fn an_eviction_ordered_behind_a_blocked_target_still_settles() {
+    let mut sim = Sim::network(5);
+    sim.set_evict_after(600_000);
+    sim.place(0, limit(Side::Sell, "100", "5")).expect("placed");
+    sim.settle_all();
+    let (evicted, target) = (sim.id(1), sim.id(4));
+    sim.nodes[2].config.evict_after_ms = 2000;
+    sim.nodes[3].config.evict_after_ms = 2000;
+    sim.partition(&[4]);
+    let voted_against = |s: &Sim, node: usize, who: &NodeId| {
+        s.logs[node]
+            .iter()
+            .any(|r| matches!(r, Record::Vote { target, .. } if target == who))
+    };
+    sim.run_until(10_000, "nodes 2 and 3 vote against node 4", |s| {
+        voted_against(s, 2, &target) && voted_against(s, 3, &target)
+    });
+    // Node 4's event only it holds, stamped below everything the others do next.
+    let held_back = sim.place(4, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.drain();
+    // Node 1 falls silent; node 4 comes back to the three others, who then evict node 1.
+    sim.partition(&[1]);
+    for member in [0, 2, 3] {
+        sim.connect(4, member);
+    }
+    for node in [0, 2, 3, 4] {
+        sim.nodes[node].config.evict_after_ms = 2000;
+    }
+    sim.run_until(20_000, "node 1's eviction is decided", |s| {
+        [0, 2, 3, 4]
+            .iter()
+            .all(|&n| s.nodes[n].cut_active(&evicted))
+    });
+    assert!(
+        !voted_against(&sim, 0, &target) && !voted_against(&sim, 4, &target),
+        "only nodes 2 and 3 vote against node 4"
+    );
+    assert_eq!(sim.settled_seq(0, 4), sim.settled_seq(2, 4));
+    assert!(
+        sim.nodes[0].members().contains(&evicted),
+        "node 1's Evict waits behind node 4's event"
+    );
+    // Node 1 comes back: it learns its eviction, and its acks still count until it settles.
+    sim.heal();
+    sim.run_until(30_000, "node 1 is evicted and rejoins", |s| {
+        s.nodes
+            .iter()
+            .all(|n| n.evictions() >= 1 && n.phase() == Phase::Member && n.members().len() == 5)
+    });
+    sim.settle_all();
+    for node in 0..5 {
+        assert_eq!(
+            sim.nodes[node].digest(),
+            sim.nodes[0].digest(),
+            "node {node}"
+        );
+        assert_eq!(
+            sim.order_status(node, &held_back)
+                .expect("everywhere")
+                .status,
+            OrderStatus::Filled,
+            "node {node}"
+        );
+    }
+    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+}
