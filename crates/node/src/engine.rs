@@ -154,9 +154,9 @@
 //! only once it is heard again (its acks keep counting, rule 11), not while it stays down. And if
 //! the target and that member are the only uncapped members left (four members, two capped),
 //! nothing can lift the block: the evicted member no longer votes (it is not in [`Phase::Member`]),
-//! the target never votes on itself, and settlement stops on every node alike (chaos seed 21 once
-//! more after H8; not fixed: letting a member whose `Evict` is pending join a blocking vote would
-//! make that vote valid only where its `Evict` has not settled yet). An evicted node's released
+//! the target never votes on itself, and settlement stops on every node alike (chaos seed 21 at
+//! 60 s, about one run in four; not fixed: letting a member whose `Evict` is pending join a
+//! blocking vote would make that vote valid only where its `Evict` has not settled yet). An evicted node's released
 //! votes cap its acks only until it is a member again: a node that has not yet settled its `Evict`
 //! then still counts its acks, uncapped, for events ordered before it (a window not seen in tests).
 //! Decisions take effect at delivery, not in log order: two members that decide against each other

@@ -1886,7 +1886,7 @@ fn a_late_joiner_replays_an_eviction() {
     assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
 }
 
-// ---- Majority-held settlement, vote promises and void events (issue 7, H6) --------------
+// ---- Majority-held settlement, vote promises and void events (issue 7) --------------------
 
 impl Sim {
     /// Drops everything `node` sends from now on (one-way loss): it keeps receiving.
@@ -2221,7 +2221,7 @@ fn a_member_joins_a_vote_that_already_blocks_its_target() {
     assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
 }
 
-// ---- Stalls after several evictions (issue 7, H7) ---------------------------------------
+// ---- Stalls after several evictions (issue 7) -------------------------------------------
 
 /// A vote that never left before its voter crashed (the stall of sim seed 1514): nodes 1
 /// and 2 vote against silent node 0 while a second split keeps their votes apart, node 2 is
@@ -2430,7 +2430,7 @@ fn a_restarted_node_gets_a_returning_members_join_before_its_new_events() {
     assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
 }
 
-// ---- An eviction ordered behind a blocked target (issue 7, H8) --------------------------
+// ---- An eviction ordered behind a blocked target (issue 7) ------------------------------
 
 /// The stall of chaos seed 21: nodes 2 and 3 vote against silent node 4 (not a decision:
 /// two of five), node 4 comes back with an event only it holds, so it needs the acks of
