@@ -626,7 +626,8 @@ impl Drop for Netns {
     }
 }
 
-/// An HTTP request made from inside namespace `ns` with curl: status code and body.
+/// An HTTP request made from inside namespace `ns` with curl: status code and body (10 s at
+/// most).
 pub fn ns_http(
     ns: &str,
     addr: &str,
@@ -634,38 +635,7 @@ pub fn ns_http(
     path: &str,
     json: Option<&str>,
 ) -> Result<(u16, String)> {
-    let mut command = Command::new("ip");
-    command
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "-X",
-            method,
-        ])
-        .args(["-w", "\n%{http_code}"]);
-    if let Some(body) = json {
-        command
-            .args(["-H", "content-type: application/json"])
-            .args(["--data-binary", body]);
-    }
-    let out = command
-        .arg(format!("http://{addr}{path}"))
-        .output()
-        .context("running curl")?;
-    if !out.status.success() {
-        bail!(
-            "curl failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
-    Ok((code.trim().parse()?, body.to_owned()))
+    ns_http_timeout(ns, addr, method, path, json, Duration::from_secs(10))
 }
 
 /// A node process inside a network namespace (its API on 127.0.0.1 there, reached with

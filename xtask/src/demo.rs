@@ -32,6 +32,7 @@
 //! fails if no trade happened, if the nodes do not settle, or if any digests differ.
 
 use crate::cluster::{self, Cluster, Layout, Logs};
+use crate::loadtest::Step;
 use anyhow::{Context, Result, bail};
 use p2p_exchange_tests::http;
 use serde_json::Value;
@@ -870,43 +871,6 @@ struct Market {
     lot: Step,
     /// Where its mid price starts, in ticks.
     start_ticks: u64,
-}
-
-/// A decimal step such as a tick or lot size: `mantissa * 10^-scale`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Step {
-    mantissa: u64,
-    scale: u32,
-}
-
-impl Step {
-    fn parse(text: &str) -> Option<Step> {
-        let (int, frac) = text.split_once('.').unwrap_or((text, ""));
-        let frac = frac.trim_end_matches('0');
-        let scale = u32::try_from(frac.len()).ok().filter(|s| *s <= 12)?;
-        let mantissa: u64 = format!("{int}{frac}").parse().ok()?;
-        (mantissa > 0).then_some(Step { mantissa, scale })
-    }
-
-    /// `count` steps as a decimal string.
-    fn times(&self, count: u64) -> String {
-        let value = count.saturating_mul(self.mantissa);
-        if self.scale == 0 {
-            return value.to_string();
-        }
-        let unit = 10u64.pow(self.scale);
-        format!(
-            "{}.{:0width$}",
-            value / unit,
-            value % unit,
-            width = self.scale as usize
-        )
-    }
-
-    /// How many steps make `whole` units (at least 1).
-    fn per(&self, whole: u64) -> u64 {
-        (whole.saturating_mul(10u64.pow(self.scale)) / self.mantissa).max(1)
-    }
 }
 
 /// The node's markets (at most [`MAX_MARKETS`]), with their mid prices starting at 100, 50, ...

@@ -274,13 +274,14 @@ impl Rng {
 
 /// A decimal step such as a tick or lot size: `mantissa * 10^-scale`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Step {
+pub(crate) struct Step {
     mantissa: u64,
     scale: u32,
 }
 
 impl Step {
-    fn parse(text: &str) -> Option<Step> {
+    /// Parses a positive decimal such as `0.01` (at most 12 decimals).
+    pub(crate) fn parse(text: &str) -> Option<Step> {
         let (int, frac) = text.split_once('.').unwrap_or((text, ""));
         let frac = frac.trim_end_matches('0');
         let scale = u32::try_from(frac.len()).ok().filter(|s| *s <= 12)?;
@@ -290,7 +291,7 @@ impl Step {
     }
 
     /// `count` steps as a decimal string.
-    fn times(&self, count: u64) -> String {
+    pub(crate) fn times(&self, count: u64) -> String {
         let value = count.saturating_mul(self.mantissa);
         if self.scale == 0 {
             return value.to_string();
@@ -302,6 +303,11 @@ impl Step {
             value % unit,
             width = self.scale as usize
         )
+    }
+
+    /// How many steps make `whole` units (at least 1).
+    pub(crate) fn per(&self, whole: u64) -> u64 {
+        (whole.saturating_mul(10u64.pow(self.scale)) / self.mantissa).max(1)
     }
 }
 

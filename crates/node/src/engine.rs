@@ -3009,15 +3009,7 @@ impl Engine {
                 .get(&key)
                 .is_some_and(|votes| votes.contains_key(&me));
             if !held {
-                let signature = self.sign_vote(&target, epoch, last_seq);
-                self.votes
-                    .entry(key)
-                    .or_default()
-                    .insert(me, (last_seq, signature));
-                out.push(Effect::Broadcast {
-                    message: vote_message(me, target, epoch, last_seq, signature),
-                    except: None,
-                });
+                self.publish_own_vote(key, last_seq, out);
             }
             return;
         }
@@ -3082,28 +3074,28 @@ impl Engine {
             .collect();
         for ((target, epoch), last_seq) in missing {
             tracing::info!(target_node = %target.short(), epoch, last_seq, "re-sending this node's stored eviction vote");
-            let signature = self.sign_vote(&target, epoch, last_seq);
-            self.votes
-                .entry((target, epoch))
-                .or_default()
-                .insert(me, (last_seq, signature));
-            out.push(Effect::Broadcast {
-                message: vote_message(me, target, epoch, last_seq, signature),
-                except: None,
-            });
+            self.publish_own_vote((target, epoch), last_seq, out);
         }
     }
 
     /// Casts this node's one vote for `key` at `last_seq`: persisted before it leaves.
     fn cast_vote(&mut self, key: (NodeId, u64), last_seq: u64, now: u64, out: &mut Vec<Effect>) {
         let (target, epoch) = key;
-        let me = self.me;
         self.my_votes.insert(key, last_seq);
         out.push(Effect::Persist(Record::Vote {
             target,
             epoch,
             last_seq,
         }));
+        self.publish_own_vote(key, last_seq, out);
+        self.decide(key, now, out);
+    }
+
+    /// Signs this node's vote for `key` at `last_seq`, puts it in the tally and broadcasts it
+    /// (a new vote, or a stored one that is not in the tally).
+    fn publish_own_vote(&mut self, key: (NodeId, u64), last_seq: u64, out: &mut Vec<Effect>) {
+        let (target, epoch) = key;
+        let me = self.me;
         let signature = self.sign_vote(&target, epoch, last_seq);
         self.votes
             .entry(key)
@@ -3113,7 +3105,6 @@ impl Engine {
             message: vote_message(me, target, epoch, last_seq, signature),
             except: None,
         });
-        self.decide(key, now, out);
     }
 
     /// Joins a vote that already blocks its target (rule 13 of the module docs): when the
