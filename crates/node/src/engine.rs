@@ -231,6 +231,9 @@ pub const VOTE_REBROADCAST_MS: u64 = 2000;
 const VOTE_FETCH_RETRY_MS: u64 = 250;
 /// Most delivered `Evict` events kept while they are not yet checkable.
 const MAX_PENDING_EVICTS: usize = 64;
+/// The highest voting round a vote may name (rule 14 of the module docs): a round only starts
+/// when the one before is complete without a majority, so honest rounds stay far below this.
+pub const MAX_VOTE_ROUND: u32 = 64;
 /// Why an order is rejected when its node was evicted before the order settled.
 pub const EVICTED_REASON: &str = "its node was evicted before the order settled";
 
@@ -356,6 +359,8 @@ pub enum PeerInput {
         target: NodeId,
         /// The target's incarnation (the epoch at which it became a member).
         epoch: u64,
+        /// The voting round (rule 14 of the module docs).
+        round: u32,
         /// The target's last valid `seq` in the voter's view.
         last_seq: u64,
         /// The voter's signature over [`peer_protocol::vote_transcript`].
@@ -384,6 +389,8 @@ pub enum Record {
         target: NodeId,
         /// Its incarnation.
         epoch: u64,
+        /// The voting round (rule 14 of the module docs).
+        round: u32,
         /// Its last valid `seq` in this node's vote.
         last_seq: u64,
     },
@@ -778,15 +785,17 @@ pub struct Engine {
     /// Member -> engine time of the last new event or frontier of it.
     last_heard: BTreeMap<NodeId, u64>,
     suspects: BTreeMap<NodeId, Suspect>,
-    /// (target, incarnation) -> voter -> (last_seq, signature); only current members.
-    votes: BTreeMap<(NodeId, u64), BTreeMap<NodeId, (u64, Signature)>>,
-    /// This node's own votes (persisted as [`Record::Vote`]), until its own eviction ends the
-    /// incarnation it cast them in.
-    my_votes: BTreeMap<(NodeId, u64), u64>,
-    /// This node's votes released by its own eviction (key -> `last_seq`): never cast, re-sent
-    /// or adopted again (rebuilt by replay, as the eviction is replayed after the votes). Until
-    /// this node is a member again they still cap the acks it announces (rule 11).
-    released_votes: BTreeMap<(NodeId, u64), u64>,
+    /// (target, incarnation) -> (round, voter) -> (last_seq, signature); only current members.
+    votes: BTreeMap<(NodeId, u64), BTreeMap<(u32, NodeId), (u64, Signature)>>,
+    /// This node's own votes (persisted as [`Record::Vote`]), key -> round -> `last_seq`,
+    /// until its own eviction ends the incarnation it cast them in.
+    my_votes: BTreeMap<(NodeId, u64), BTreeMap<u32, u64>>,
+    /// This node's votes released by its own eviction (key -> round -> `last_seq`): never
+    /// cast, re-sent or adopted again (rebuilt by replay, as the eviction is replayed after the
+    /// votes). Until this node is a member again they still cap the acks it announces (rule 11).
+    released_votes: BTreeMap<(NodeId, u64), BTreeMap<u32, u64>>,
+    /// When this node last fetched events to vote in a new round (rule 14).
+    last_round_fetch_ms: Option<u64>,
     cuts: BTreeMap<NodeId, Cut>,
     /// Delivered `Evict` events not yet checkable, with the epoch they were last checked at.
     pending_evicts: Vec<Event>,
@@ -886,6 +895,7 @@ impl Engine {
             votes: BTreeMap::new(),
             my_votes: BTreeMap::new(),
             released_votes: BTreeMap::new(),
+            last_round_fetch_ms: None,
             cuts: BTreeMap::new(),
             pending_evicts: Vec::new(),
             pending_evicts_checked: 0,
@@ -965,10 +975,17 @@ impl Engine {
     }
 
     /// Whether a vote adds anything (lets the shell skip verifying the copies flooding brings).
-    pub fn wants_vote(&self, voter: &NodeId, target: &NodeId, epoch: u64, last_seq: u64) -> bool {
+    pub fn wants_vote(
+        &self,
+        voter: &NodeId,
+        target: &NodeId,
+        epoch: u64,
+        round: u32,
+        last_seq: u64,
+    ) -> bool {
         self.votes
             .get(&(*target, epoch))
-            .and_then(|votes| votes.get(voter))
+            .and_then(|votes| votes.get(&(round, *voter)))
             .is_none_or(|(seq, _)| *seq != last_seq)
     }
 
@@ -1162,8 +1179,12 @@ impl Engine {
                 .votes
                 .iter()
                 .flat_map(|((target, epoch), votes)| {
-                    votes.iter().map(move |(voter, (last_seq, _))| {
-                        format!("{}>{}@{epoch}:{last_seq}", voter.short(), target.short())
+                    votes.iter().map(move |((round, voter), (last_seq, _))| {
+                        format!(
+                            "{}>{}@{epoch}r{round}:{last_seq}",
+                            voter.short(),
+                            target.short()
+                        )
                     })
                 })
                 .collect(),
@@ -1329,16 +1350,18 @@ impl Engine {
                 voter,
                 target,
                 epoch,
+                round,
                 last_seq,
                 signature,
             } => {
-                if !self.wants_vote(&voter, &target, epoch, last_seq) {
+                if !self.wants_vote(&voter, &target, epoch, round, last_seq) {
                     return Ok(None);
                 }
                 let transcript = peer_protocol::vote_transcript(
                     &self.config.network_id,
                     &target,
                     epoch,
+                    round,
                     last_seq,
                 );
                 peer_protocol::verify(&voter, &transcript, &signature)
@@ -1347,6 +1370,7 @@ impl Engine {
                     voter,
                     target,
                     epoch,
+                    round,
                     last_seq,
                     signature,
                 }
@@ -1383,9 +1407,13 @@ impl Engine {
             Record::Vote {
                 target,
                 epoch,
+                round,
                 last_seq,
             } => {
-                self.my_votes.insert((target, epoch), last_seq);
+                self.my_votes
+                    .entry((target, epoch))
+                    .or_default()
+                    .insert(round, last_seq);
             }
         }
         Ok(())
@@ -1836,12 +1864,17 @@ impl Engine {
         let released = (!self.members.contains(&self.me))
             .then(|| self.released_votes.get(&key))
             .flatten();
-        self.my_votes.get(&key).or(released).copied().or_else(|| {
-            self.cuts
-                .get(member)
-                .filter(|cut| cut.incarnation == key.1)
-                .map(|cut| cut.last_seq)
-        })
+        let latest = |votes: &BTreeMap<u32, u64>| votes.values().next_back().copied();
+        self.my_votes
+            .get(&key)
+            .or(released)
+            .and_then(latest)
+            .or_else(|| {
+                self.cuts
+                    .get(member)
+                    .filter(|cut| cut.incarnation == key.1)
+                    .map(|cut| cut.last_seq)
+            })
     }
 
     /// Whether the event `key` may settle here as far as holding goes (rule 12 of the module
@@ -2074,9 +2107,13 @@ impl Engine {
                 voter,
                 target,
                 epoch,
+                round,
                 last_seq,
                 signature,
-            } => self.on_vote(from, voter, target, epoch, last_seq, signature, out),
+            } => {
+                let vote = (voter, round, last_seq, signature);
+                self.on_vote(from, (target, epoch), vote, out)
+            }
         }
     }
 
@@ -2728,8 +2765,9 @@ impl Engine {
                 target,
                 last_seq,
                 epoch,
+                round,
                 votes,
-            } => match self.check_evict(&event.origin, target, *epoch, *last_seq, votes) {
+            } => match self.check_evict(&event.origin, target, *epoch, *round, *last_seq, votes) {
                 EvictCheck::Valid => self.record_cut(*target, *epoch, *last_seq),
                 EvictCheck::NotYet => {
                     if self.pending_evicts.len() < MAX_PENDING_EVICTS {
@@ -2774,7 +2812,7 @@ impl Engine {
         let members = &self.members;
         let incarnation = &self.incarnation;
         self.votes.retain(|(target, epoch), votes| {
-            votes.retain(|voter, _| members.contains(voter));
+            votes.retain(|(_, voter), _| members.contains(voter));
             members.contains(target) && incarnation.get(target) == Some(epoch) && !votes.is_empty()
         });
         self.suspects.retain(|m, _| members.contains(m));
@@ -2789,6 +2827,7 @@ impl Engine {
         origin: &NodeId,
         target: &NodeId,
         epoch: u64,
+        round: u32,
         last_seq: u64,
         votes: &[(NodeId, Signature)],
     ) -> EvictCheck {
@@ -2811,7 +2850,7 @@ impl Engine {
             return EvictCheck::Invalid("the target voted");
         }
         let transcript =
-            peer_protocol::vote_transcript(&self.config.network_id, target, epoch, last_seq);
+            peer_protocol::vote_transcript(&self.config.network_id, target, epoch, round, last_seq);
         if votes
             .iter()
             .any(|(voter, sig)| peer_protocol::verify(voter, &transcript, sig).is_err())
@@ -2839,12 +2878,13 @@ impl Engine {
                 target,
                 last_seq,
                 epoch,
+                round,
                 votes,
             } = &event.body
             else {
                 continue;
             };
-            match self.check_evict(&event.origin, target, *epoch, *last_seq, votes) {
+            match self.check_evict(&event.origin, target, *epoch, *round, *last_seq, votes) {
                 EvictCheck::Valid => {
                     self.record_cut(*target, *epoch, *last_seq);
                     recorded = true;
@@ -2971,6 +3011,7 @@ impl Engine {
         if may_vote {
             self.join_blocking_votes(now, out);
         }
+        self.advance_rounds(now, out);
         self.reinstate_own_votes(out);
         if due(&mut self.last_vote_broadcast_ms, now, VOTE_REBROADCAST_MS) {
             for ((target, epoch), votes) in &self.votes {
@@ -2981,9 +3022,10 @@ impl Engine {
                 {
                     continue;
                 }
-                for (voter, (last_seq, signature)) in votes {
+                for ((round, voter), (last_seq, signature)) in votes {
+                    let vote = (*voter, *round, *last_seq, *signature);
                     out.push(Effect::Broadcast {
-                        message: vote_message(*voter, *target, *epoch, *last_seq, *signature),
+                        message: vote_message((*target, *epoch), vote),
                         except: None,
                     });
                 }
@@ -2995,22 +3037,17 @@ impl Engine {
         }
     }
 
-    /// Casts (or, after a restart, re-sends) this node's one vote against `target`.
+    /// Casts (or, after a restart, re-sends) this node's vote against `target`: one per round,
+    /// in the latest round anyone voted in.
     fn vote(&mut self, target: NodeId, epoch: u64, now: u64, out: &mut Vec<Effect>) {
         let key = (target, epoch);
-        let me = self.me;
         if self.released_votes.contains_key(&key) {
             // Cast in an earlier incarnation of this node: one vote per key, ever.
             return;
         }
-        if let Some(&last_seq) = self.my_votes.get(&key) {
-            let held = self
-                .votes
-                .get(&key)
-                .is_some_and(|votes| votes.contains_key(&me));
-            if !held {
-                self.publish_own_vote(key, last_seq, out);
-            }
+        if self.my_votes.contains_key(&key) {
+            // Later rounds start by rule 14 (`advance_rounds`), not by suspicion.
+            self.republish_own_votes(key, out);
             return;
         }
         let delivered = self.delivered(&target);
@@ -3021,7 +3058,9 @@ impl Engine {
                 votes
                     .iter()
                     .filter(|(_, (seq, _))| *seq > delivered)
-                    .map(|(voter, _)| *voter)
+                    .map(|((_, voter), _)| *voter)
+                    .collect::<BTreeSet<NodeId>>()
+                    .into_iter()
                     .collect()
             })
             .unwrap_or_default();
@@ -3042,8 +3081,17 @@ impl Engine {
             }
             return;
         }
-        tracing::warn!(target_node = %target.short(), epoch, last_seq = delivered, "voting to evict a silent member");
-        self.cast_vote(key, delivered, now, out);
+        let round = self.max_round(&key);
+        tracing::warn!(target_node = %target.short(), epoch, round, last_seq = delivered, "voting to evict a silent member");
+        self.cast_vote(key, round, delivered, now, out);
+    }
+
+    /// The highest round anyone voted in for `key` (0 if nobody did).
+    fn max_round(&self, key: &(NodeId, u64)) -> u32 {
+        self.votes
+            .get(key)
+            .and_then(|votes| votes.keys().map(|(round, _)| *round).max())
+            .unwrap_or(0)
     }
 
     /// Puts this node's own stored votes of current keys back into the tally and sends them
@@ -3053,56 +3101,89 @@ impl Engine {
     /// be lost for good once the target is heard again, and the two capped halves of a
     /// majority would block the target's later events forever, each waiting for the other.
     fn reinstate_own_votes(&mut self, out: &mut Vec<Effect>) {
-        let me = self.me;
-        let missing: Vec<((NodeId, u64), u64)> = self
+        let keys: Vec<(NodeId, u64)> = self
             .my_votes
-            .iter()
-            .filter(|(key, _)| {
-                key.0 != me
+            .keys()
+            .filter(|key| {
+                key.0 != self.me
                     && self.current_key(&key.0) == Some(**key)
                     && !self.released_votes.contains_key(key)
                     && self
                         .cuts
                         .get(&key.0)
                         .is_none_or(|cut| cut.incarnation != key.1)
-                    && !self
-                        .votes
-                        .get(key)
-                        .is_some_and(|votes| votes.contains_key(&me))
             })
-            .map(|(key, last_seq)| (*key, *last_seq))
+            .copied()
             .collect();
-        for ((target, epoch), last_seq) in missing {
-            tracing::info!(target_node = %target.short(), epoch, last_seq, "re-sending this node's stored eviction vote");
-            self.publish_own_vote((target, epoch), last_seq, out);
+        for key in keys {
+            self.republish_own_votes(key, out);
         }
     }
 
-    /// Casts this node's one vote for `key` at `last_seq`: persisted before it leaves.
-    fn cast_vote(&mut self, key: (NodeId, u64), last_seq: u64, now: u64, out: &mut Vec<Effect>) {
+    /// Publishes every stored vote of this node for `key` that is missing from the tally.
+    fn republish_own_votes(&mut self, key: (NodeId, u64), out: &mut Vec<Effect>) {
+        let me = self.me;
+        let missing: Vec<(u32, u64)> = self
+            .my_votes
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter(|(round, _)| {
+                !self
+                    .votes
+                    .get(&key)
+                    .is_some_and(|votes| votes.contains_key(&(**round, me)))
+            })
+            .map(|(round, seq)| (*round, *seq))
+            .collect();
+        for (round, last_seq) in missing {
+            tracing::info!(target_node = %key.0.short(), epoch = key.1, round, last_seq, "re-sending this node's stored eviction vote");
+            self.publish_own_vote(key, round, last_seq, out);
+        }
+    }
+
+    /// Casts this node's vote for `key` in `round` at `last_seq`: persisted before it leaves.
+    fn cast_vote(
+        &mut self,
+        key: (NodeId, u64),
+        round: u32,
+        last_seq: u64,
+        now: u64,
+        out: &mut Vec<Effect>,
+    ) {
         let (target, epoch) = key;
-        self.my_votes.insert(key, last_seq);
+        self.my_votes
+            .entry(key)
+            .or_default()
+            .insert(round, last_seq);
         out.push(Effect::Persist(Record::Vote {
             target,
             epoch,
+            round,
             last_seq,
         }));
-        self.publish_own_vote(key, last_seq, out);
+        self.publish_own_vote(key, round, last_seq, out);
         self.decide(key, now, out);
     }
 
-    /// Signs this node's vote for `key` at `last_seq`, puts it in the tally and broadcasts it
-    /// (a new vote, or a stored one that is not in the tally).
-    fn publish_own_vote(&mut self, key: (NodeId, u64), last_seq: u64, out: &mut Vec<Effect>) {
+    /// Signs this node's vote for `key` in `round` at `last_seq`, puts it in the tally and
+    /// broadcasts it (a new vote, or a stored one that is not in the tally).
+    fn publish_own_vote(
+        &mut self,
+        key: (NodeId, u64),
+        round: u32,
+        last_seq: u64,
+        out: &mut Vec<Effect>,
+    ) {
         let (target, epoch) = key;
         let me = self.me;
-        let signature = self.sign_vote(&target, epoch, last_seq);
+        let signature = self.sign_vote(&target, epoch, round, last_seq);
         self.votes
             .entry(key)
             .or_default()
-            .insert(me, (last_seq, signature));
+            .insert((round, me), (last_seq, signature));
         out.push(Effect::Broadcast {
-            message: vote_message(me, target, epoch, last_seq, signature),
+            message: vote_message(key, (me, round, last_seq, signature)),
             except: None,
         });
     }
@@ -3126,28 +3207,115 @@ impl Engine {
             }
             let delivered = self.delivered(&target);
             let settled = self.origins.get(&target).map_or(0, |st| st.settled);
+            // Each voter is capped by its latest vote.
+            let caps = latest_votes(votes);
             // The highest N that blocks: voters at or below it are capped there. (Below what
             // this node settled nothing blocks, and a decision there would never be taken.)
-            let blocking = votes
+            let blocking = caps
                 .values()
-                .map(|(seq, _)| *seq)
+                .copied()
                 .filter(|n| *n <= delivered && *n >= settled)
                 .filter(|n| {
                     let electorate = self.blocking_electorate(&target, *n);
-                    let capped = votes
+                    let capped = caps
                         .iter()
-                        .filter(|(voter, (seq, _))| seq <= n && electorate.contains(voter))
+                        .filter(|(voter, seq)| *seq <= n && electorate.contains(voter))
                         .count();
                     (electorate.len() - capped) * 2 <= electorate.len()
                 })
                 .max();
             if let Some(last_seq) = blocking {
-                join.push(((target, epoch), last_seq));
+                let round = votes.keys().map(|(round, _)| *round).max().unwrap_or(0);
+                join.push(((target, epoch), round, last_seq));
             }
         }
-        for (key, last_seq) in join {
-            tracing::warn!(target_node = %key.0.short(), epoch = key.1, last_seq, "joining eviction votes that already block the member's later events");
-            self.cast_vote(key, last_seq, now, out);
+        for (key, round, last_seq) in join {
+            tracing::warn!(target_node = %key.0.short(), epoch = key.1, round, last_seq, "joining eviction votes that already block the member's later events");
+            self.cast_vote(key, round, last_seq, now, out);
+        }
+    }
+
+    /// Starts the next voting round where the last one cannot decide (rule 14 of the module
+    /// docs): every member but the target voted in round `r` and no `last_seq` has a majority.
+    /// Then every voter is capped at its round-`r` vote or below, so no event of the target
+    /// beyond the `⌊n/2⌋`-th highest of those votes (`q`) can ever gather a majority of acks:
+    /// voting `q` in round `r + 1` cuts nothing settled, and every member computes the same
+    /// `q` from the same complete round.
+    fn advance_rounds(&mut self, now: u64, out: &mut Vec<Effect>) {
+        let n = self.members.len();
+        let mut next = Vec::new();
+        for (key, votes) in &self.votes {
+            let target = key.0;
+            if target == self.me
+                || self.current_key(&target) != Some(*key)
+                || self.released_votes.contains_key(key)
+                || self.cut_active(&target)
+            {
+                continue;
+            }
+            let max_round = votes.keys().map(|(round, _)| *round).max().unwrap_or(0);
+            for round in (0..=max_round).rev() {
+                let mut values: Vec<u64> = Vec::with_capacity(n);
+                for voter in self.members.iter().filter(|m| **m != target) {
+                    match votes.get(&(round, *voter)) {
+                        Some((seq, _)) => values.push(*seq),
+                        None => break,
+                    }
+                }
+                if values.len() + 1 != n {
+                    continue; // incomplete: it may still decide
+                }
+                let mut tally: BTreeMap<u64, usize> = BTreeMap::new();
+                for seq in &values {
+                    *tally.entry(*seq).or_default() += 1;
+                }
+                if tally.values().any(|count| count * 2 > n) {
+                    break; // decided: `decide` takes it
+                }
+                values.sort_unstable_by(|a, b| b.cmp(a));
+                let q = values[(n / 2).max(1) - 1];
+                let voted_next = self
+                    .my_votes
+                    .get(key)
+                    .is_some_and(|mine| mine.keys().any(|r| *r > round));
+                if !voted_next && round < MAX_VOTE_ROUND {
+                    next.push((*key, round + 1, q));
+                }
+                break;
+            }
+        }
+        for (key, round, q) in next {
+            let target = key.0;
+            let settled = self.origins.get(&target).map_or(0, |st| st.settled);
+            if settled > q {
+                // Cannot happen if every voter keeps its promise (rule 11): never cut it.
+                tracing::error!(target_node = %target.short(), round, q, settled, "not voting in a new round: it would cut settled events");
+                continue;
+            }
+            if self.delivered(&target) < q {
+                // Fetch the target's events up to `q` from the voters that hold them.
+                if due(&mut self.last_round_fetch_ms, now, VOTE_FETCH_RETRY_MS) {
+                    let request = self.sync_request();
+                    let holders: BTreeSet<NodeId> = self
+                        .votes
+                        .get(&key)
+                        .into_iter()
+                        .flatten()
+                        .filter(|(_, (seq, _))| *seq >= q)
+                        .map(|((_, voter), _)| *voter)
+                        .filter(|voter| self.peers.contains_key(voter))
+                        .collect();
+                    for voter in holders {
+                        out.push(Effect::Send {
+                            to: voter,
+                            message: request.clone(),
+                        });
+                    }
+                }
+                continue;
+            }
+            tracing::warn!(target_node = %target.short(), epoch = key.1, round, last_seq = q, "no majority in a complete round of eviction votes: voting in the next round");
+            self.cast_vote(key, round, q, now, out);
         }
     }
 
@@ -3167,43 +3335,36 @@ impl Engine {
         self.electorate(key)
     }
 
-    fn sign_vote(&self, target: &NodeId, epoch: u64, last_seq: u64) -> Signature {
+    fn sign_vote(&self, target: &NodeId, epoch: u64, round: u32, last_seq: u64) -> Signature {
         self.identity.sign(&peer_protocol::vote_transcript(
             &self.config.network_id,
             target,
             epoch,
+            round,
             last_seq,
         ))
     }
 
     /// A verified vote from a peer (rule 4 of the module docs).
-    #[allow(clippy::too_many_arguments)]
-    fn on_vote(
-        &mut self,
-        from: NodeId,
-        voter: NodeId,
-        target: NodeId,
-        epoch: u64,
-        last_seq: u64,
-        signature: Signature,
-        out: &mut Vec<Effect>,
-    ) {
+    fn on_vote(&mut self, from: NodeId, key: (NodeId, u64), vote: Ballot, out: &mut Vec<Effect>) {
+        let (target, epoch) = key;
+        let (voter, round, last_seq, signature) = vote;
         if voter == target
+            || round > MAX_VOTE_ROUND
             || !self.members.contains(&voter)
             || !self.members.contains(&target)
             || self.incarnation.get(&target) != Some(&epoch)
         {
-            tracing::debug!(voter = %voter.short(), target_node = %target.short(), epoch, "ignoring a vote outside the current membership");
+            tracing::debug!(voter = %voter.short(), target_node = %target.short(), epoch, round, "ignoring a vote outside the current membership");
             return;
         }
-        let key = (target, epoch);
         if voter == self.me && self.released_votes.contains_key(&key) {
             // Our own vote of an earlier incarnation, relayed back: it binds us no more, so it
             // must not count again.
             return;
         }
         let votes = self.votes.entry(key).or_default();
-        match votes.get(&voter) {
+        match votes.get(&(round, voter)) {
             Some((seq, _)) if *seq == last_seq => return,
             Some((seq, _)) => {
                 let first = *seq;
@@ -3212,6 +3373,7 @@ impl Engine {
                     voter = %voter.short(),
                     target_node = %target.short(),
                     epoch,
+                    round,
                     first,
                     second = last_seq,
                     "equivocating eviction vote; keeping the first"
@@ -3226,26 +3388,35 @@ impl Engine {
             }
             None => {}
         }
-        votes.insert(voter, (last_seq, signature));
-        if voter == self.me && !self.my_votes.contains_key(&key) {
+        votes.insert((round, voter), (last_seq, signature));
+        if voter == self.me
+            && !self
+                .my_votes
+                .get(&key)
+                .is_some_and(|mine| mine.contains_key(&round))
+        {
             // Our own vote, lost with our log: it binds us all the same.
-            self.my_votes.insert(key, last_seq);
+            self.my_votes
+                .entry(key)
+                .or_default()
+                .insert(round, last_seq);
             out.push(Effect::Persist(Record::Vote {
                 target,
                 epoch,
+                round,
                 last_seq,
             }));
         }
         out.push(Effect::Broadcast {
-            message: vote_message(voter, target, epoch, last_seq, signature),
+            message: vote_message(key, vote),
             except: Some(from),
         });
         let now = self.now_ms;
         self.decide(key, now, out);
     }
 
-    /// Creates an `Evict` once a majority of the members agree on one cut and this node holds
-    /// the target's events up to it (rule 5 of the module docs).
+    /// Creates an `Evict` once a majority of the members agree on one cut in one round and
+    /// this node holds the target's events up to it (rule 5 of the module docs).
     fn decide(&mut self, key: (NodeId, u64), now: u64, out: &mut Vec<Effect>) {
         let (target, epoch) = key;
         // Acted on only while this node itself suspects the target, or has voted against it
@@ -3268,16 +3439,18 @@ impl Engine {
         let Some(votes) = self.votes.get(&key) else {
             return;
         };
-        let mut tally: BTreeMap<u64, usize> = BTreeMap::new();
-        for (voter, (seq, _)) in votes {
+        let mut tally: BTreeMap<(u32, u64), usize> = BTreeMap::new();
+        for ((round, voter), (seq, _)) in votes {
             if *voter != target && self.members.contains(voter) {
-                *tally.entry(*seq).or_default() += 1;
+                *tally.entry((*round, *seq)).or_default() += 1;
             }
         }
-        let Some(last_seq) = tally
+        // The latest round with a majority (one value at most per round).
+        let Some((round, last_seq)) = tally
             .iter()
+            .rev()
             .find(|(_, count)| **count * 2 > self.members.len())
-            .map(|(seq, _)| *seq)
+            .map(|(at, _)| *at)
         else {
             return;
         };
@@ -3287,12 +3460,15 @@ impl Engine {
             tracing::warn!(target_node = %target.short(), last_seq, settled, "not evicting: the agreed cut is below events already settled");
             return;
         }
+        let agreeing = |((r, voter), (seq, _)): (&(u32, NodeId), &(u64, Signature))| {
+            *r == round && *seq == last_seq && *voter != target && self.members.contains(voter)
+        };
         if self.delivered(&target) < last_seq {
             // Decided, but we lack some of the target's events: fetch them from the voters.
             let voters: Vec<NodeId> = votes
                 .iter()
-                .filter(|(_, (seq, _))| *seq == last_seq)
-                .map(|(voter, _)| *voter)
+                .filter(|vote| agreeing(*vote))
+                .map(|((_, voter), _)| *voter)
                 .filter(|voter| self.peers.contains_key(voter))
                 .collect();
             if let Some(suspect) = self.suspects.get_mut(&target)
@@ -3311,18 +3487,17 @@ impl Engine {
         }
         let signed: Vec<(NodeId, Signature)> = votes
             .iter()
-            .filter(|(voter, (seq, _))| {
-                *seq == last_seq && **voter != target && self.members.contains(voter)
-            })
-            .map(|(voter, (_, signature))| (*voter, *signature))
+            .filter(|vote| agreeing(*vote))
+            .map(|((_, voter), (_, signature))| (*voter, *signature))
             .take(peer_protocol::MAX_MEMBERS)
             .collect();
-        tracing::warn!(target_node = %target.short(), epoch, last_seq, votes = signed.len(), "a majority voted: evicting");
+        tracing::warn!(target_node = %target.short(), epoch, round, last_seq, votes = signed.len(), "a majority voted: evicting");
         self.create(
             EventBody::Evict {
                 target,
                 last_seq,
                 epoch,
+                round,
                 votes: signed,
             },
             out,
@@ -3455,6 +3630,7 @@ impl Engine {
                 target,
                 last_seq,
                 epoch,
+                round,
                 votes,
             } => {
                 self.pending_evicts
@@ -3466,7 +3642,7 @@ impl Engine {
                     .get(&target)
                     .is_some_and(|cut| cut.incarnation == epoch);
                 if !recorded {
-                    match self.check_evict(&origin, &target, epoch, last_seq, &votes) {
+                    match self.check_evict(&origin, &target, epoch, round, last_seq, &votes) {
                         EvictCheck::Valid => self.record_cut(target, epoch, last_seq),
                         EvictCheck::NotYet | EvictCheck::Invalid(_) => {
                             tracing::debug!(target_node = %target.short(), "a settled eviction that does not apply: no-op");
@@ -3624,20 +3800,29 @@ fn merge_acks(
     }
 }
 
-fn vote_message(
-    voter: NodeId,
-    target: NodeId,
-    epoch: u64,
-    last_seq: u64,
-    signature: Signature,
-) -> Message {
+/// One vote: (voter, round, last_seq, signature).
+type Ballot = (NodeId, u32, u64, Signature);
+
+fn vote_message(key: (NodeId, u64), vote: Ballot) -> Message {
+    let (voter, round, last_seq, signature) = vote;
     Message::Vote {
         voter,
-        target,
-        epoch,
+        target: key.0,
+        epoch: key.1,
+        round,
         last_seq,
         signature,
     }
+}
+
+/// Each voter's latest (highest-round) vote among `votes`: the value that caps its acks.
+fn latest_votes(votes: &BTreeMap<(u32, NodeId), (u64, Signature)>) -> BTreeMap<NodeId, u64> {
+    let mut latest = BTreeMap::new();
+    for ((_, voter), (seq, _)) in votes {
+        // In (round, voter) order: a later round overwrites an earlier one.
+        latest.insert(*voter, *seq);
+    }
+    latest
 }
 
 fn clock_exhausted() -> ClientError {

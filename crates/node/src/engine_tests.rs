@@ -1313,10 +1313,22 @@ impl Sim {
 }
 
 fn vote_of(sim: &Sim, voter: usize, target: usize, epoch: u64, last_seq: u64) -> (NodeId, Message) {
+    round_vote_of(sim, voter, target, epoch, 0, last_seq)
+}
+
+fn round_vote_of(
+    sim: &Sim,
+    voter: usize,
+    target: usize,
+    epoch: u64,
+    round: u32,
+    last_seq: u64,
+) -> (NodeId, Message) {
     let signature = sim.identities[voter].sign(&peer_protocol::vote_transcript(
         "test-net",
         &sim.id(target),
         epoch,
+        round,
         last_seq,
     ));
     (
@@ -1325,6 +1337,7 @@ fn vote_of(sim: &Sim, voter: usize, target: usize, epoch: u64, last_seq: u64) ->
             voter: sim.id(voter),
             target: sim.id(target),
             epoch,
+            round,
             last_seq,
             signature,
         },
@@ -1553,6 +1566,7 @@ fn forged_outsider_and_equivocating_votes_are_rejected() {
             voter,
             target,
             epoch,
+            round: 0,
             last_seq: 6,
             signature,
         },
@@ -1565,12 +1579,14 @@ fn forged_outsider_and_equivocating_votes_are_rejected() {
         "test-net",
         &sim.id(2),
         epoch,
+        0,
         5,
     ));
     let vote = Message::Vote {
         voter: outsider.node_id(),
         target: sim.id(2),
         epoch,
+        round: 0,
         last_seq: 5,
         signature,
     };

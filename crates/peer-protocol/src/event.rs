@@ -68,8 +68,10 @@ pub enum EventBody {
         target: NodeId,
         /// The target's last valid `seq`; its later events are cut.
         last_seq: u64,
-        /// The membership epoch the votes were cast in.
+        /// The target's incarnation (the membership epoch at which it became a member).
         epoch: u64,
+        /// The voting round every vote was cast in.
+        round: u32,
         /// Each voter's signature over [`vote_transcript`](crate::vote_transcript) (at most
         /// [`MAX_MEMBERS`]).
         votes: Vec<(NodeId, Signature)>,

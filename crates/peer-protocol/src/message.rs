@@ -16,7 +16,7 @@ use crate::limits::{
 };
 
 /// The protocol version this crate speaks, sent in [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The number of [`Message`] variants this version knows: a payload whose leading tag is at or
 /// beyond it comes from a newer peer and decodes to [`Error::UnknownMessage`].
@@ -210,8 +210,11 @@ pub enum Message {
         voter: NodeId,
         /// The member to evict.
         target: NodeId,
-        /// The membership epoch.
+        /// The target's incarnation: the membership epoch at which it became a member.
         epoch: u64,
+        /// The voting round: 0 first; a new round starts only when every member but the
+        /// target voted in the previous one and no `last_seq` won a majority.
+        round: u32,
         /// The target's last valid `seq`.
         last_seq: u64,
         /// The voter's signature over [`vote_transcript`](crate::vote_transcript).

@@ -88,12 +88,14 @@ fn event_body() -> impl Strategy<Value = EventBody> {
             node_id(),
             any::<u64>(),
             any::<u64>(),
+            any::<u32>(),
             proptest::collection::vec((node_id(), signature()), 0..4)
         )
-            .prop_map(|(target, last_seq, epoch, votes)| EventBody::Evict {
+            .prop_map(|(target, last_seq, epoch, round, votes)| EventBody::Evict {
                 target,
                 last_seq,
                 epoch,
+                round,
                 votes
             }),
     ]
@@ -245,14 +247,16 @@ fn message() -> impl Strategy<Value = Message> {
             node_id(),
             node_id(),
             any::<u64>(),
+            any::<u32>(),
             any::<u64>(),
             signature()
         )
             .prop_map(
-                |(voter, target, epoch, last_seq, signature)| Message::Vote {
+                |(voter, target, epoch, round, last_seq, signature)| Message::Vote {
                     voter,
                     target,
                     epoch,
+                    round,
                     last_seq,
                     signature
                 }
@@ -966,29 +970,20 @@ fn join_and_vote_signatures_are_bound_to_their_fields() {
         )
         .is_err()
     );
-    let vote = alice.sign(&vote_transcript("main", &bob.node_id(), 3, 17));
+    let vote = alice.sign(&vote_transcript("main", &bob.node_id(), 3, 0, 17));
     verify(
         &alice.node_id(),
-        &vote_transcript("main", &bob.node_id(), 3, 17),
+        &vote_transcript("main", &bob.node_id(), 3, 0, 17),
         &vote,
     )
     .unwrap();
-    assert!(
-        verify(
-            &alice.node_id(),
-            &vote_transcript("main", &bob.node_id(), 4, 17),
-            &vote
-        )
-        .is_err()
-    );
-    assert!(
-        verify(
-            &alice.node_id(),
-            &vote_transcript("main", &bob.node_id(), 3, 16),
-            &vote
-        )
-        .is_err()
-    );
+    for other in [
+        vote_transcript("main", &bob.node_id(), 4, 0, 17),
+        vote_transcript("main", &bob.node_id(), 3, 1, 17),
+        vote_transcript("main", &bob.node_id(), 3, 0, 16),
+    ] {
+        assert!(verify(&alice.node_id(), &other, &vote).is_err());
+    }
 }
 
 #[test]

@@ -1436,6 +1436,7 @@ fn trace_message(t: u64, from: usize, to: usize, message: &Message) {
             voter,
             target,
             epoch,
+            round,
             last_seq,
             ..
         } => tracing::debug!(
@@ -1445,6 +1446,7 @@ fn trace_message(t: u64, from: usize, to: usize, message: &Message) {
             voter = %voter.short(),
             target = %target.short(),
             epoch,
+            round,
             last_seq,
             "vote"
         ),
