@@ -2955,7 +2955,11 @@ impl Engine {
     /// The failure detector and the voting steps (rules 2 to 5 of the module docs).
     fn detect_failures(&mut self, now: u64, out: &mut Vec<Effect>) {
         let limit = self.config.evict_after_ms;
-        if limit == 0 || self.phase() != Phase::Member || self.members.len() < 3 {
+        // A member that learned of its own eviction still votes (rule 15 of the module docs):
+        // wherever its `Evict` has not settled yet it is a member, and its vote may be the one
+        // a blocked decision lacks.
+        let member = self.genesis.is_some() && self.members.contains(&self.me);
+        if limit == 0 || !member || self.members.len() < 3 {
             self.suspects.clear();
             return;
         }

@@ -2521,3 +2521,82 @@ fn an_eviction_ordered_behind_a_blocked_target_still_settles() {
     }
     assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
 }
+
+// ---- Voting rounds (issue 7) ---------------------------------------------------------------
+
+/// Split votes (the stall of sim seeds 556 and 769): node 2 voted against silent node 0 at
+/// seq `k` before it crashed, node 1 holds one more of node 0's events and votes `k + 1`. With
+/// three members neither value can win a majority, and both votes cap their voters' acks, so
+/// node 0's events after `k` could never settle. The round is complete (every member but the
+/// target voted) without a majority: both vote again in round 1 at the highest value (n = 3),
+/// node 2 fetching the event it lacks first; node 0 is evicted at `k + 1`, so its order there
+/// is kept and settles, its later order is rejected, it rejoins, and everyone converges.
+#[test]
+fn a_complete_round_without_a_majority_is_voted_again() {
+    let mut sim = Sim::network(3);
+    sim.set_evict_after(2000);
+    sim.place(1, limit(Side::Sell, "100", "5")).expect("placed");
+    sim.settle_all();
+    let target = sim.id(0);
+    let epoch = sim.nodes[1].incarnation[&target];
+    let k = sim.nodes[2].delivered(&target);
+    // Node 0's next order reaches node 1 only; then node 0 is cut off from everyone.
+    sim.partition(&[2]);
+    let kept = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.drain();
+    sim.partition(&[0]);
+    assert_eq!(sim.nodes[1].delivered(&target), k + 1);
+    assert_eq!(sim.nodes[2].delivered(&target), k);
+    // Node 0 places one more order nobody else sees: it is cut.
+    let cut_order = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    // Node 2 voted `k` and crashed before the vote left; it restarts from its log.
+    sim.logs[2].push(Record::Vote {
+        target,
+        epoch,
+        round: 0,
+        last_seq: k,
+    });
+    sim.nodes[2] = sim.rebuilt(2);
+    sim.connect(1, 2);
+    sim.run_until(30_000, "nodes 1 and 2 evict node 0", |s| {
+        s.nodes[1..].iter().all(|n| !n.members().contains(&target))
+    });
+    for node in 1..3 {
+        let rounds: Vec<(u32, u64)> = sim.logs[node]
+            .iter()
+            .filter_map(|r| match r {
+                Record::Vote {
+                    round, last_seq, ..
+                } => Some((*round, *last_seq)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rounds,
+            vec![(0, k + node as u64 % 2), (1, k + 1)],
+            "node {node}"
+        );
+        assert_eq!(sim.nodes[node].cuts[&target].last_seq, k + 1, "node {node}");
+    }
+    sim.heal();
+    sim.run_until(30_000, "node 0 rejoins", |s| {
+        s.nodes
+            .iter()
+            .all(|n| n.members().len() == 3 && n.phase() == Phase::Member)
+    });
+    sim.settle_all();
+    sim.assert_rejected_everywhere(&cut_order);
+    for node in 0..3 {
+        assert_eq!(
+            sim.nodes[node].digest(),
+            sim.nodes[1].digest(),
+            "node {node}"
+        );
+        assert_eq!(
+            sim.order_status(node, &kept).expect("everywhere").status,
+            OrderStatus::Filled,
+            "node {node}"
+        );
+    }
+    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+}
