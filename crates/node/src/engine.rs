@@ -786,7 +786,7 @@ pub struct Engine {
     last_heard: BTreeMap<NodeId, u64>,
     suspects: BTreeMap<NodeId, Suspect>,
     /// (target, incarnation) -> (round, voter) -> (last_seq, signature); only current members.
-    votes: BTreeMap<(NodeId, u64), BTreeMap<(u32, NodeId), (u64, Signature)>>,
+    votes: BTreeMap<(NodeId, u64), RoundVotes>,
     /// This node's own votes (persisted as [`Record::Vote`]), key -> round -> `last_seq`,
     /// until its own eviction ends the incarnation it cast them in.
     my_votes: BTreeMap<(NodeId, u64), BTreeMap<u32, u64>>,
@@ -3804,6 +3804,9 @@ fn merge_acks(
     }
 }
 
+/// The votes of one key: (round, voter) -> (last_seq, signature).
+type RoundVotes = BTreeMap<(u32, NodeId), (u64, Signature)>;
+
 /// One vote: (voter, round, last_seq, signature).
 type Ballot = (NodeId, u32, u64, Signature);
 
@@ -3820,7 +3823,7 @@ fn vote_message(key: (NodeId, u64), vote: Ballot) -> Message {
 }
 
 /// Each voter's latest (highest-round) vote among `votes`: the value that caps its acks.
-fn latest_votes(votes: &BTreeMap<(u32, NodeId), (u64, Signature)>) -> BTreeMap<NodeId, u64> {
+fn latest_votes(votes: &RoundVotes) -> BTreeMap<NodeId, u64> {
     let mut latest = BTreeMap::new();
     for ((_, voter), (seq, _)) in votes {
         // In (round, voter) order: a later round overwrites an earlier one.
