@@ -596,6 +596,22 @@ fn run_seeded(args: &Args, seed: u64, interrupted: &Arc<AtomicBool>) -> Result<R
     );
     if let Err(e) = quiescence {
         shared.violation(5, format!("{e:#}"));
+        // What each node's settlement waits for: enough to tell a stalled vote from a gap.
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            match endpoint.get("/v1/status", Duration::from_secs(3)) {
+                Ok(s) => println!(
+                    "  node{}: phase {} epoch {} waiting_for {} suspects {} votes {} cut {}",
+                    i + 1,
+                    s["phase"],
+                    s["epoch"],
+                    s["waiting_for"],
+                    s["suspects"],
+                    s["votes"],
+                    s["cut"]
+                ),
+                Err(e) => println!("  node{}: no status: {e:#}", i + 1),
+            }
+        }
     }
     // One more monitor round over the whole logs: prefixes, growth, equality.
     monitor_round(&shared, &endpoints, ALL_TRADES);

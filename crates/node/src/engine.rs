@@ -33,20 +33,23 @@
 //!    earlier than [`VOTE_FETCH_MS`] later, and only while it hears a majority of the members
 //!    (itself included: votes bind, rule 11, and a vote cast alone or on a minority side could
 //!    never decide anything); if other votes name a higher `last_seq` than it holds, it
-//!    fetches from those voters first. It votes `last_seq = delivered(m)`, once per key,
-//!    ever: [`Record::Vote`] is persisted before the vote leaves, and a restarted node
+//!    fetches from those voters first. It votes `last_seq = delivered(m)`, once per key and
+//!    round (in the latest round anyone voted in, rule 14), ever: [`Record::Vote`] is
+//!    persisted before the vote leaves, and a restarted node
 //!    re-sends its stored vote instead of casting a new one, whether or not it still suspects
 //!    the target (while the key is current and undecided): a vote that never left before a
 //!    crash binds its voter all the same (rule 11), and the others need it to decide.
 //! 4. Votes are kept only for current members as voter and target (voter ≠ target) and the
-//!    target's current incarnation. A second, different vote of one voter for one key is
-//!    equivocation: the first stays, it is counted, and the sender is flagged if it is the voter.
+//!    target's current incarnation. A second, different vote of one voter for one key in one
+//!    round is equivocation: the first stays, it is counted, and the sender is flagged if it is
+//!    the voter.
 //!    New votes are relayed; votes for still-suspect targets are re-broadcast every
 //!    [`VOTE_REBROADCAST_MS`].
-//! 5. When votes of a majority of the current members (`> members / 2`) agree on one
-//!    `last_seq = N`, a member that is not the target, *still suspects it or voted against
+//! 5. When votes of a majority of the current members (`> members / 2`) in one round agree
+//!    on one `last_seq = N` (the latest round with such a majority), a member that is not the
+//!    target, *still suspects it or voted against
 //!    it*, holds its events up to `N` and has settled none of its events after `N` creates
-//!    `Evict { target, last_seq: N, epoch, votes }` (votes sorted by voter), unless it already
+//!    `Evict { target, last_seq: N, epoch, round, votes }` (votes sorted by voter), unless it already
 //!    delivered one for that key. Duplicates are harmless.
 //! 6. Delivering a valid `Evict` (target a member of that incarnation, not its creator; votes
 //!    of distinct members other than the target, a majority, signatures valid) records the cut
@@ -140,23 +143,54 @@
 //!     `N + 1` (its key unknown), every pending joiner counts: the widest electorate, the
 //!     strictest test. Capped voters cannot lift the block through rule 11's refinement
 //!     either: at most half of the members are uncapped, never a majority without them.
+//!     The join is cast in the latest round anyone voted in; each voter is capped by its
+//!     latest vote. `N` may also be what this node settled of the target when votes below it
+//!     block the events after it (sim seed 397: the target's events past two equal votes
+//!     settled with the acks of a member evicted since, and the two capped voters are now
+//!     half of the electorate).
+//! 14. Voting rounds. Votes are never withdrawn, so votes split between values (voters that
+//!     held different amounts of the target's events, e.g. 8 and 12 among three members)
+//!     would cap every voter for good with no value ever winning. A round `r` is *complete*
+//!     when every current member but the target voted in it; complete without a majority
+//!     (`count * 2 <= members` for every value) it can never decide, whatever else arrives.
+//!     Then every member votes again in round `r + 1`, at the same value for all: `q`, the
+//!     `⌊n/2⌋`-th highest of the round-`r` values (`n` members), or what it settled of the
+//!     target if that is higher. That cuts nothing settled: an event of the target beyond `q`
+//!     settled in this membership would need a majority of acks, the target's and at least
+//!     `⌊n/2⌋` voters', but each voter acks no further than its latest vote and fewer than
+//!     `⌊n/2⌋` of them voted above `q`; one settled before the membership shrank is settled on
+//!     every node that counts in the new membership, so each of them votes at least that.
+//!     Nodes that settled different amounts of the target split the round again, until their
+//!     settled prefixes agree. A member that lacks the target's events up to `q` fetches them
+//!     from the voters that hold them first. A
+//!     one-member change of the membership cannot revive a dead round for a value other than
+//!     `q` (with an odd `n` nothing can win after one join or leave; with an even `n` only a
+//!     value held by exactly `n/2` voters can, and that value is `q`). The target is evicted
+//!     even if it is heard again meanwhile: every member voted against it, and it rejoins.
+//!     Rounds are bounded by [`MAX_VOTE_ROUND`].
+//! 15. A member that learned of its own eviction (its cut recorded, [`Phase::Joining`]) still
+//!     suspects, votes, joins blocking votes and votes in new rounds while it is in its own
+//!     settled membership (it creates no `Evict`: its new events are void). Wherever its
+//!     `Evict` has not settled it is a member and its vote may be the one a blocked decision
+//!     lacks (sim seed 514: of five members two voted one value and one another, and only it
+//!     was left to complete the round; chaos seed 21: two of four capped, the rest being the
+//!     target and it); where its `Evict` has settled its vote is not counted and the majority
+//!     is taken among the remaining members, which a one-member change keeps consistent (a
+//!     majority of either membership shares a voter with any majority of the other).
 //!
 //! Known limits. Votes are never withdrawn: a vote that never becomes a decision caps its voter's
-//! acks for that incarnation for good. When the capped voters block the target (rule 13) but no
-//! single `N` can reach a majority (split values, e.g. 2 and 3 among four members, with nobody left
-//! to vote), the target's later events never gather a majority and, the settle loop being in key
-//! order, settlement stops behind the first of them on every node alike: a stall, never a
-//! divergence (there is no second round of votes). Rule 13 judges the block by the `Join`s this
+//! acks for that incarnation for good, and only a decision (possibly after new rounds, rule 14)
+//! ends it. A round needs every member but the target to vote: while a member is down, a split
+//! among the others waits for it (a stall, never a divergence). Each node counts rounds in the
+//! membership it has settled: nodes at different epochs may compute different `q`s and split
+//! the next round too, until their memberships agree; a change of two or more members while a
+//! round is dead is not covered by rule 14's argument. Rule 13 judges the block by the `Join`s this
 //! node has delivered: a `Join` ordered before the target's event `N + 1` that it has not delivered
 //! yet could widen that event's electorate elsewhere (the same exposure as the quorum argument's,
 //! below). Rule 13 counts a member whose own eviction is decided but not yet settled as uncapped:
 //! if its `Evict` is ordered behind a target's events that capped voters hold back, they settle
-//! only once it is heard again (its acks keep counting, rule 11), not while it stays down. And if
-//! the target and that member are the only uncapped members left (four members, two capped),
-//! nothing can lift the block: the evicted member no longer votes (it is not in [`Phase::Member`]),
-//! the target never votes on itself, and settlement stops on every node alike (chaos seed 21 at
-//! 60 s, about one run in four; not fixed: letting a member whose `Evict` is pending join a
-//! blocking vote would make that vote valid only where its `Evict` has not settled yet). An evicted node's released
+//! only once it is heard again (its acks keep counting, rule 11, and it votes, rule 15), not
+//! while it stays down. An evicted node's released
 //! votes cap its acks only until it is a member again: a node that has not yet settled its `Evict`
 //! then still counts its acks, uncapped, for events ordered before it (a window not seen in tests).
 //! Decisions take effect at delivery, not in log order: two members that decide against each other
@@ -3214,10 +3248,13 @@ impl Engine {
             // Each voter is capped by its latest vote.
             let caps = latest_votes(votes);
             // The highest N that blocks: voters at or below it are capped there. (Below what
-            // this node settled nothing blocks, and a decision there would never be taken.)
+            // this node settled nothing blocks, and a decision there would never be taken; but
+            // votes below it still block the events after it: sim seed 397, where the target's
+            // events past two votes settled while an evicted member still acked them.)
             let blocking = caps
                 .values()
                 .copied()
+                .chain([settled])
                 .filter(|n| *n <= delivered && *n >= settled)
                 .filter(|n| {
                     let electorate = self.blocking_electorate(&target, *n);
@@ -3277,7 +3314,10 @@ impl Engine {
                     break; // decided: `decide` takes it
                 }
                 values.sort_unstable_by(|a, b| b.cmp(a));
-                let q = values[(n / 2).max(1) - 1];
+                // Never below what this node settled of the target: events settled before the
+                // membership shrank (sim seed 397) are beyond the count argument.
+                let settled = self.origins.get(&target).map_or(0, |st| st.settled);
+                let q = values[(n / 2).max(1) - 1].max(settled);
                 let voted_next = self
                     .my_votes
                     .get(key)
@@ -3290,12 +3330,6 @@ impl Engine {
         }
         for (key, round, q) in next {
             let target = key.0;
-            let settled = self.origins.get(&target).map_or(0, |st| st.settled);
-            if settled > q {
-                // Cannot happen if every voter keeps its promise (rule 11): never cut it.
-                tracing::error!(target_node = %target.short(), round, q, settled, "not voting in a new round: it would cut settled events");
-                continue;
-            }
             if self.delivered(&target) < q {
                 // Fetch the target's events up to `q` from the voters that hold them.
                 if due(&mut self.last_round_fetch_ms, now, VOTE_FETCH_RETRY_MS) {

@@ -186,11 +186,13 @@ fn simulated_fault_schedules() {
 /// as regressions: 1514 (a restarted voter's stored vote was never re-sent), 556 and 769
 /// (split votes: a complete round without a majority, fixed by voting rounds), 514 (the only
 /// member that could complete a blocking vote had learned of its own eviction and did not
-/// vote). Replay one with `SIM_EVICT=1 SIM_SEED=<seed>`.
+/// vote), 397 (two equal votes below events that settled while an evicted member still acked
+/// them block the target once that member is gone). Replay one with
+/// `SIM_EVICT=1 SIM_SEED=<seed>`.
 #[test]
 fn eviction_stall_regressions() {
     let mut failures = Vec::new();
-    for seed in [514, 556, 769, 1514] {
+    for seed in [397, 514, 556, 769, 1514] {
         let schedule = schedule_with(seed, true);
         match Sim::new(schedule).run() {
             Ok(report) => assert!(report.evictions > 0, "seed {seed} evicted nobody"),
