@@ -184,7 +184,18 @@
 //! among the others waits for it (a stall, never a divergence). Each node counts rounds in the
 //! membership it has settled: nodes at different epochs may compute different `q`s and split
 //! the next round too, until their memberships agree; a change of two or more members while a
-//! round is dead is not covered by rule 14's argument. Rule 13 judges the block by the `Join`s this
+//! round is dead is not covered by rule 14's argument. **A safety hole seen once** (chaos seed 21
+//! at 60 s, one run of three with the rounds; the nodes ended with different settled trades):
+//! three members decided to evict a fourth at 926 (two votes, one rule-13 join) while the target
+//! had settled its events up to 1043. The likely path, from the logs (not yet reproduced in the
+//! simulation): a capped voter acks past its vote by rule 11's refinement while a majority of the
+//! members, the target included, acks further; a member then leaves (evicted), and a member that
+//! had acked past 926 joins the blocking vote at 926 (rule 13). Rule 13's block argument and
+//! rule 11's refinement each hold within one membership, not across the shrink, and rule 14's
+//! `q` argument likewise assumes no voter acks past its latest vote. A fix must keep every vote
+//! at or above the voter's own announced ack (rule-13 joins included) and re-base the
+//! refinement on the members that can vote (not the target).
+//! Rule 13 judges the block by the `Join`s this
 //! node has delivered: a `Join` ordered before the target's event `N + 1` that it has not delivered
 //! yet could widen that event's electorate elsewhere (the same exposure as the quorum argument's,
 //! below). Rule 13 counts a member whose own eviction is decided but not yet settled as uncapped:
