@@ -143,30 +143,29 @@
 //!     `N + 1` (its key unknown), every pending joiner counts: the widest electorate, the
 //!     strictest test. Capped voters cannot lift the block through rule 11's refinement
 //!     either: at most half of the members are uncapped, never a majority without them.
-//!     The join is cast in the latest round anyone voted in; each voter is capped by its
-//!     latest vote. `N` may also be what this node settled of the target when votes below it
-//!     block the events after it (sim seed 397: the target's events past two equal votes
-//!     settled with the acks of a member evicted since, and the two capped voters are now
-//!     half of the electorate).
+//!     The join is cast in the latest round anyone voted in, at `N` or at what this node acked
+//!     of the target if that is higher (rule 16; the round then splits and rule 14 brings it
+//!     together); each voter is capped by its latest vote. `N` may also be what this node
+//!     settled of the target when votes below it block the events after it (sim seed 397: the
+//!     target's events past two equal votes settled with the acks of a member evicted since,
+//!     and the two capped voters are now half of the electorate).
 //! 14. Voting rounds. Votes are never withdrawn, so votes split between values (voters that
 //!     held different amounts of the target's events, e.g. 8 and 12 among three members)
 //!     would cap every voter for good with no value ever winning. A round `r` is *complete*
 //!     when every current member but the target voted in it; complete without a majority
 //!     (`count * 2 <= members` for every value) it can never decide, whatever else arrives.
-//!     Then every member votes again in round `r + 1`, at the same value for all: `q`, the
-//!     `⌊n/2⌋`-th highest of the round-`r` values (`n` members), or what it settled of the
-//!     target if that is higher. That cuts nothing settled: an event of the target beyond `q`
-//!     settled in this membership would need a majority of acks, the target's and at least
-//!     `⌊n/2⌋` voters', but each voter acks no further than its latest vote and fewer than
-//!     `⌊n/2⌋` of them voted above `q`; one settled before the membership shrank is settled on
-//!     every node that counts in the new membership, so each of them votes at least that.
-//!     Nodes that settled different amounts of the target split the round again, until their
-//!     settled prefixes agree. A member that lacks the target's events up to `q` fetches them
-//!     from the voters that hold them first. A
-//!     one-member change of the membership cannot revive a dead round for a value other than
-//!     `q` (with an odd `n` nothing can win after one join or leave; with an even `n` only a
-//!     value held by exactly `n/2` voters can, and that value is `q`). The target is evicted
-//!     even if it is heard again meanwhile: every member voted against it, and it rejoins.
+//!     Then every member votes again in round `r + 1` at `q`: the highest value of round `r`
+//!     (or what it settled or acked of the target, if higher), after fetching the target's
+//!     events up to there from the voters that hold them. No vote goes down (rule 16), so a
+//!     member that held more than the others is never asked to vote below what it acked, and
+//!     from one complete round every member computes the same `q`: the next round decides.
+//!     A node never decides in a round below the latest it voted in. Remaining exposure: a
+//!     dead round revived by a membership change (a leave or eviction of a voter of another
+//!     value, or a late joiner's vote, can give a value held by half the voters a majority)
+//!     would decide a second value; with every vote at or above its voter's acks it cuts
+//!     nothing that majority settled, but the second decision is ignored where the first was
+//!     recorded (rule 6), a divergence in the void events. The target is evicted even if it is
+//!     heard again meanwhile: every member voted against it, and it rejoins.
 //!     Rounds are bounded by [`MAX_VOTE_ROUND`].
 //! 15. A member that learned of its own eviction (its cut recorded, [`Phase::Joining`]) still
 //!     suspects, votes, joins blocking votes and votes in new rounds while it is in its own
@@ -177,6 +176,14 @@
 //!     target and it); where its `Evict` has settled its vote is not counted and the majority
 //!     is taken among the remaining members, which a one-member change keeps consistent (a
 //!     majority of either membership shares a voter with any majority of the other).
+//! 16. No vote below the voter's own acks. Every vote this node casts (rules 3, 13, 14) is at
+//!     least every ack of the target it announced in this incarnation (kept per member, reset
+//!     when the member leaves) and what it would ack now. Then the quorum argument of rule 12
+//!     needs no single membership: a decision's voters and a settlement's ackers share a
+//!     member as long as the two memberships differ by at most one member, and that member's
+//!     vote is at least its ack. Rule 13's join at the blocking `N` alone was safe only while
+//!     the electorate stayed the same: chaos seed 21 (60 s) once cut 117 events its target had
+//!     settled, after a member that had acked past `N` joined at `N` and another member left.
 //!
 //! Known limits. Votes are never withdrawn: a vote that never becomes a decision caps its voter's
 //! acks for that incarnation for good, and only a decision (possibly after new rounds, rule 14)
@@ -184,17 +191,10 @@
 //! among the others waits for it (a stall, never a divergence). Each node counts rounds in the
 //! membership it has settled: nodes at different epochs may compute different `q`s and split
 //! the next round too, until their memberships agree; a change of two or more members while a
-//! round is dead is not covered by rule 14's argument. **A safety hole seen once** (chaos seed 21
-//! at 60 s, one run of three with the rounds; the nodes ended with different settled trades):
-//! three members decided to evict a fourth at 926 (two votes, one rule-13 join) while the target
-//! had settled its events up to 1043. The likely path, from the logs (not yet reproduced in the
-//! simulation): a capped voter acks past its vote by rule 11's refinement while a majority of the
-//! members, the target included, acks further; a member then leaves (evicted), and a member that
-//! had acked past 926 joins the blocking vote at 926 (rule 13). Rule 13's block argument and
-//! rule 11's refinement each hold within one membership, not across the shrink, and rule 14's
-//! `q` argument likewise assumes no voter acks past its latest vote. A fix must keep every vote
-//! at or above the voter's own announced ack (rule-13 joins included) and re-base the
-//! refinement on the members that can vote (not the target).
+//! round is dead is not covered by rule 14's argument (see the revival case there). Rule 11's
+//! refinement lets a capped voter ack past its vote while a majority of the members, the
+//! target included, acks further: that is safe in one membership and, with rule 16, across a
+//! one-member change; two changes while a vote is open are not covered.
 //! Rule 13 judges the block by the `Join`s this
 //! node has delivered: a `Join` ordered before the target's event `N + 1` that it has not delivered
 //! yet could widen that event's electorate elsewhere (the same exposure as the quorum argument's,
@@ -839,8 +839,12 @@ pub struct Engine {
     /// cast, re-sent or adopted again (rebuilt by replay, as the eviction is replayed after the
     /// votes). Until this node is a member again they still cap the acks it announces (rule 11).
     released_votes: BTreeMap<(NodeId, u64), BTreeMap<u32, u64>>,
-    /// When this node last fetched events to vote in a new round (rule 14).
-    last_round_fetch_ms: Option<u64>,
+    /// Per key: when this node last fetched the target's events to vote in a new round or to
+    /// decide while not suspecting the target (rule 14).
+    vote_fetch_ms: BTreeMap<(NodeId, u64), u64>,
+    /// The highest ack this node announced for each member's current incarnation (rule 16:
+    /// no vote of this node goes below it).
+    max_announced: BTreeMap<NodeId, u64>,
     cuts: BTreeMap<NodeId, Cut>,
     /// Delivered `Evict` events not yet checkable, with the epoch they were last checked at.
     pending_evicts: Vec<Event>,
@@ -940,7 +944,8 @@ impl Engine {
             votes: BTreeMap::new(),
             my_votes: BTreeMap::new(),
             released_votes: BTreeMap::new(),
-            last_round_fetch_ms: None,
+            vote_fetch_ms: BTreeMap::new(),
+            max_announced: BTreeMap::new(),
             cuts: BTreeMap::new(),
             pending_evicts: Vec::new(),
             pending_evicts_checked: 0,
@@ -1806,6 +1811,10 @@ impl Engine {
                 return;
             };
             self.last_frontier = (seq, self.clock);
+            for (member, ack) in &acks {
+                let max = self.max_announced.entry(*member).or_insert(0);
+                *max = (*max).max(*ack);
+            }
             self.last_acks = acks;
             self.last_frontier_ms = Some(now_ms);
             out.push(Effect::Broadcast {
@@ -1873,6 +1882,14 @@ impl Engine {
             return delivered;
         };
         delivered.min(cap.max(self.acked_by_others(member)))
+    }
+
+    /// The lowest value this node may vote for `member` (rule 16 of the module docs): every
+    /// ack of it this node announced or would announce now. A vote below it would let a
+    /// decision cut an event this node's own ack helped settle.
+    fn ack_floor(&self, member: &NodeId) -> u64 {
+        let announced = self.max_announced.get(member).copied().unwrap_or(0);
+        self.my_ack(member).max(announced)
     }
 
     /// The highest seq of `member` that a majority of the members acks without this node:
@@ -2862,6 +2879,13 @@ impl Engine {
         });
         self.suspects.retain(|m, _| members.contains(m));
         self.last_heard.retain(|m, _| members.contains(m));
+        // A member that left takes its announced acks with it: when it returns, its new
+        // incarnation starts from its `Join`.
+        let joiners: BTreeSet<NodeId> = self.pending_joins.values().copied().collect();
+        self.max_announced
+            .retain(|m, _| members.contains(m) || joiners.contains(m));
+        self.vote_fetch_ms
+            .retain(|(target, _), _| members.contains(target));
         // Peers pick sponsors by the member list we advertise.
         self.announce_info = true;
     }
@@ -3276,8 +3300,11 @@ impl Engine {
                     (electorate.len() - capped) * 2 <= electorate.len()
                 })
                 .max();
-            if let Some(last_seq) = blocking {
+            if let Some(blocking) = blocking {
                 let round = votes.keys().map(|(round, _)| *round).max().unwrap_or(0);
+                // Never below what this node acked (rule 16): if that is higher, the round
+                // splits and rule 14 brings the values together.
+                let last_seq = blocking.max(self.ack_floor(&target));
                 join.push(((target, epoch), round, last_seq));
             }
         }
@@ -3324,11 +3351,12 @@ impl Engine {
                 if tally.values().any(|count| count * 2 > n) {
                     break; // decided: `decide` takes it
                 }
-                values.sort_unstable_by(|a, b| b.cmp(a));
-                // Never below what this node settled of the target: events settled before the
-                // membership shrank (sim seed 397) are beyond the count argument.
+                // The highest value of the round: no voter's vote goes down (rule 16), so every
+                // member can vote it, and a majority of equal votes follows. Never below what
+                // this node settled or acked of the target either.
                 let settled = self.origins.get(&target).map_or(0, |st| st.settled);
-                let q = values[(n / 2).max(1) - 1].max(settled);
+                let highest = values.iter().copied().max().unwrap_or(0);
+                let q = highest.max(settled).max(self.ack_floor(&target));
                 let voted_next = self
                     .my_votes
                     .get(key)
@@ -3343,7 +3371,7 @@ impl Engine {
             let target = key.0;
             if self.delivered(&target) < q {
                 // Fetch the target's events up to `q` from the voters that hold them.
-                if due(&mut self.last_round_fetch_ms, now, VOTE_FETCH_RETRY_MS) {
+                if self.vote_fetch_due(key, now) {
                     let request = self.sync_request();
                     let holders: BTreeSet<NodeId> = self
                         .votes
@@ -3366,6 +3394,17 @@ impl Engine {
             tracing::warn!(target_node = %target.short(), epoch = key.1, round, last_seq = q, "no majority in a complete round of eviction votes: voting in the next round");
             self.cast_vote(key, round, q, now, out);
         }
+    }
+
+    /// Whether fetching `key`'s target's events for a vote or a decision is due (at most every
+    /// [`VOTE_FETCH_RETRY_MS`] per key; marks it done).
+    fn vote_fetch_due(&mut self, key: (NodeId, u64), now: u64) -> bool {
+        let last = self.vote_fetch_ms.get(&key).copied();
+        if last.is_some_and(|at| now.saturating_sub(at) < VOTE_FETCH_RETRY_MS) {
+            return false;
+        }
+        self.vote_fetch_ms.insert(key, now);
+        true
     }
 
     /// The electorate that must ack `target`'s first event after `n` for any of its events
@@ -3494,12 +3533,19 @@ impl Engine {
                 *tally.entry((*round, *seq)).or_default() += 1;
             }
         }
-        // The latest round with a majority (one value at most per round).
+        // The latest round with a majority (one value at most per round), never one below a
+        // round this node moved on from (rule 14: it saw that round complete without one).
+        let my_round = self
+            .my_votes
+            .get(&key)
+            .and_then(|mine| mine.keys().next_back().copied())
+            .unwrap_or(0);
         let Some((round, last_seq)) = tally
             .iter()
             .rev()
             .find(|(_, count)| **count * 2 > self.members.len())
             .map(|(at, _)| *at)
+            .filter(|(round, _)| *round >= my_round)
         else {
             return;
         };
@@ -3520,9 +3566,7 @@ impl Engine {
                 .map(|((_, voter), _)| *voter)
                 .filter(|voter| self.peers.contains_key(voter))
                 .collect();
-            if let Some(suspect) = self.suspects.get_mut(&target)
-                && !due(&mut suspect.last_fetch_ms, now, VOTE_FETCH_RETRY_MS)
-            {
+            if !self.vote_fetch_due(key, now) {
                 return;
             }
             let request = self.sync_request();
