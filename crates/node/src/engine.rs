@@ -85,7 +85,8 @@
 //! 11. Acks, and votes as promises. Every frontier carries the signer's *acks*: for each
 //!     current member and pending joiner, the highest seq of it delivered here. After voting
 //!     `(target, incarnation, N)` (cast, restored from the log, or our own vote adopted back
-//!     from a peer) a node never acks the target beyond `N` until that incarnation ends (the
+//!     from a peer; with several rounds, `N` is its lowest vote, its first, rule 16) a node
+//!     never acks the target beyond `N` until that incarnation ends (the
 //!     `Evict` applied, or the target back with a new incarnation), with two refinements: it
 //!     may ack as far as a majority of the *members* acks *without it* (any decision's voters,
 //!     a majority of the members, then include one of those ackers, whose vote is at least that
@@ -154,12 +155,14 @@
 //!     would cap every voter for good with no value ever winning. A round `r` is *complete*
 //!     when every current member but the target voted in it; complete without a majority
 //!     (`count * 2 <= members` for every value) it can never decide, whatever else arrives.
-//!     Then every member votes again in round `r + 1` at `q`: the highest value of round `r`
-//!     (or what it settled or acked of the target, if higher), after fetching the target's
+//!     Then every member votes again in round `r + 1` at `q`: the highest value voted for the
+//!     key (or what it settled or acked of the target, if higher), after fetching the target's
 //!     events up to there from the voters that hold them. No vote goes down (rule 16), so a
 //!     member that held more than the others is never asked to vote below what it acked, and
 //!     from one complete round every member computes the same `q`: the next round decides.
-//!     A node never decides in a round below the latest it voted in. Remaining exposure: a
+//!     Acks stay capped by each voter's first (lowest) vote, so every vote a decision may
+//!     count is at least every ack its voter gave. A node decides only in the highest round
+//!     anyone voted in for the key. Remaining exposure: a
 //!     dead round revived by a membership change (a leave or eviction of a voter of another
 //!     value, or a late joiner's vote, can give a value held by half the voters a majority)
 //!     would decide a second value; with every vote at or above its voter's acks it cuts
@@ -1926,11 +1929,13 @@ impl Engine {
         let released = (!self.members.contains(&self.me))
             .then(|| self.released_votes.get(&key))
             .flatten();
-        let latest = |votes: &BTreeMap<u32, u64>| votes.values().next_back().copied();
+        // The lowest of this node's votes (its first: votes never go down, rule 16): every
+        // vote of it that a decision may count stays at or above every ack it announces.
+        let lowest = |votes: &BTreeMap<u32, u64>| votes.values().min().copied();
         self.my_votes
             .get(&key)
             .or(released)
-            .and_then(latest)
+            .and_then(lowest)
             .or_else(|| {
                 self.cuts
                     .get(member)
@@ -3280,8 +3285,8 @@ impl Engine {
             }
             let delivered = self.delivered(&target);
             let settled = self.origins.get(&target).map_or(0, |st| st.settled);
-            // Each voter is capped by its latest vote.
-            let caps = latest_votes(votes);
+            // Each voter is capped by its lowest vote.
+            let caps = lowest_votes(votes);
             // The highest N that blocks: voters at or below it are capped there. (Below what
             // this node settled nothing blocks, and a decision there would never be taken; but
             // votes below it still block the events after it: sim seed 397, where the target's
@@ -3351,11 +3356,11 @@ impl Engine {
                 if tally.values().any(|count| count * 2 > n) {
                     break; // decided: `decide` takes it
                 }
-                // The highest value of the round: no voter's vote goes down (rule 16), so every
-                // member can vote it, and a majority of equal votes follows. Never below what
-                // this node settled or acked of the target either.
+                // The highest value voted for this key: no voter's vote goes down (rule 16), so
+                // every member can vote it, and a majority of equal votes follows. Never below
+                // what this node settled or acked of the target either.
                 let settled = self.origins.get(&target).map_or(0, |st| st.settled);
-                let highest = values.iter().copied().max().unwrap_or(0);
+                let highest = votes.values().map(|(seq, _)| *seq).max().unwrap_or(0);
                 let q = highest.max(settled).max(self.ack_floor(&target));
                 let voted_next = self
                     .my_votes
@@ -3533,13 +3538,11 @@ impl Engine {
                 *tally.entry((*round, *seq)).or_default() += 1;
             }
         }
-        // The latest round with a majority (one value at most per round), never one below a
-        // round this node moved on from (rule 14: it saw that round complete without one).
-        let my_round = self
-            .my_votes
-            .get(&key)
-            .and_then(|mine| mine.keys().next_back().copied())
-            .unwrap_or(0);
+        // The latest round with a majority (one value at most per round), and only in the
+        // highest round anyone voted in: an earlier round was found complete without a
+        // majority, and one that regains a majority after a membership change is not taken
+        // here (rule 14).
+        let my_round = votes.keys().map(|(round, _)| *round).max().unwrap_or(0);
         let Some((round, last_seq)) = tally
             .iter()
             .rev()
@@ -3911,14 +3914,14 @@ fn vote_message(key: (NodeId, u64), vote: Ballot) -> Message {
     }
 }
 
-/// Each voter's latest (highest-round) vote among `votes`: the value that caps its acks.
-fn latest_votes(votes: &RoundVotes) -> BTreeMap<NodeId, u64> {
-    let mut latest = BTreeMap::new();
+/// Each voter's lowest vote among `votes`: the value that caps its acks (rule 11).
+fn lowest_votes(votes: &RoundVotes) -> BTreeMap<NodeId, u64> {
+    let mut lowest: BTreeMap<NodeId, u64> = BTreeMap::new();
     for ((_, voter), (seq, _)) in votes {
-        // In (round, voter) order: a later round overwrites an earlier one.
-        latest.insert(*voter, *seq);
+        let cap = lowest.entry(*voter).or_insert(*seq);
+        *cap = (*cap).min(*seq);
     }
-    latest
+    lowest
 }
 
 fn clock_exhausted() -> ClientError {
