@@ -2372,6 +2372,21 @@ fn a_blocking_vote_is_judged_in_the_electorate_of_the_blocked_event() {
         },
     );
     assert!(voted(&sim, 3), "node 3 joined the blocking vote");
+    // Rule 16: node 3 acked node 0's next event before it joined, so it never votes below it
+    // (a join at the voters' cut, below its own ack, once let a decision cut settled events).
+    let first_vote = |s: &Sim, node: usize| {
+        s.logs[node].iter().find_map(|r| match r {
+            Record::Vote {
+                target, last_seq, ..
+            } if *target == s.id(0) => Some(*last_seq),
+            _ => None,
+        })
+    };
+    let (capped, joined) = (first_vote(&sim, 1), first_vote(&sim, 3));
+    assert!(
+        joined > capped,
+        "node 3 joined at {joined:?}, the capped voters at {capped:?}"
+    );
     let again = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
     sim.settle_all();
     // Node 3 holds (and so acked) node 0's next event when it joins the vote: it votes that
