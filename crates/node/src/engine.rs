@@ -181,7 +181,8 @@
 //!     majority of either membership shares a voter with any majority of the other).
 //! 16. No vote below the voter's own acks. Every vote this node casts (rules 3, 13, 14) is at
 //!     least every ack of the target it announced in this incarnation (kept per member, reset
-//!     when the member leaves) and what it would ack now. Then the quorum argument of rule 12
+//!     when the member leaves; after a restart, everything delivered, since announced acks are
+//!     not logged) and what it would ack now. Then the quorum argument of rule 12
 //!     needs no single membership: a decision's voters and a settlement's ackers share a
 //!     member as long as the two memberships differ by at most one member, and that member's
 //!     vote is at least its ack. Rule 13's join at the blocking `N` alone was safe only while
@@ -1521,6 +1522,14 @@ impl Engine {
         // frontier we sent was durable, so the replayed clock covers it.
         self.last_frontier = (own.0, 0);
         self.last_acks.clear();
+        // The acks announced before the restart are not in the log: assume the most that can
+        // have been announced, everything delivered, so no vote goes below them (rule 16).
+        let delivered: Vec<(NodeId, u64)> = self
+            .electorate(None)
+            .into_iter()
+            .map(|m| (m, self.delivered(&m)))
+            .collect();
+        self.max_announced = delivered.into_iter().collect();
         // Replay ran at engine time 0: every member counts as heard at the first tick.
         self.last_heard.clear();
         self.suspects.clear();
