@@ -40,7 +40,9 @@
 //!    the target (while the key is current and undecided): a vote that never left before a
 //!    crash binds its voter all the same (rule 11), and the others need it to decide.
 //! 4. Votes are kept only for current members as voter and target (voter ≠ target) and the
-//!    target's current incarnation. A second, different vote of one voter for one key in one
+//!    target's current incarnation. A vote carries (and signs) its voter's own incarnation
+//!    and counts only while that is the voter's current one: a vote a node cast before it was
+//!    evicted (its votes are released then, rule 11) never counts again once it is back. A second, different vote of one voter for one key in one
 //!    round is equivocation: the first stays, it is counted, and the sender is flagged if it is
 //!    the voter.
 //!    New votes are relayed; votes for still-suspect targets are re-broadcast every
@@ -1402,17 +1404,23 @@ impl Engine {
             }
             Message::Vote {
                 voter,
+                voter_epoch,
                 target,
                 epoch,
                 round,
                 last_seq,
                 signature,
             } => {
-                if !self.wants_vote(&voter, &target, epoch, round, last_seq) {
+                if self.incarnation.get(&voter) != Some(&voter_epoch)
+                    || !self.wants_vote(&voter, &target, epoch, round, last_seq)
+                {
+                    // A vote of another membership of the voter (an earlier one it was evicted
+                    // from, or one this node has not settled yet) counts for nothing here.
                     return Ok(None);
                 }
                 let transcript = peer_protocol::vote_transcript(
                     &self.config.network_id,
+                    voter_epoch,
                     &target,
                     epoch,
                     round,
@@ -2932,17 +2940,24 @@ impl Engine {
         if votes.iter().any(|(voter, _)| voter == target) {
             return EvictCheck::Invalid("the target voted");
         }
-        let transcript =
-            peer_protocol::vote_transcript(&self.config.network_id, target, epoch, round, last_seq);
-        if votes
-            .iter()
-            .any(|(voter, sig)| peer_protocol::verify(voter, &transcript, sig).is_err())
-        {
-            return EvictCheck::Invalid("a vote signature does not verify");
-        }
+        // A vote counts if its voter is a member and signed it in its current membership (a
+        // vote from a membership it has since lost, or not yet settled here, does not).
         let counted = votes
             .iter()
-            .filter(|(voter, _)| self.members.contains(voter))
+            .filter(|(voter, sig)| {
+                self.members.contains(voter)
+                    && self.incarnation.get(voter).is_some_and(|voter_epoch| {
+                        let transcript = peer_protocol::vote_transcript(
+                            &self.config.network_id,
+                            *voter_epoch,
+                            target,
+                            epoch,
+                            round,
+                            last_seq,
+                        );
+                        peer_protocol::verify(voter, &transcript, sig).is_ok()
+                    })
+            })
             .count();
         if counted * 2 > self.members.len() {
             EvictCheck::Valid
@@ -3112,7 +3127,7 @@ impl Engine {
                 for ((round, voter), (last_seq, signature)) in votes {
                     let vote = (*voter, *round, *last_seq, *signature);
                     out.push(Effect::Broadcast {
-                        message: vote_message((*target, *epoch), vote),
+                        message: self.vote_message((*target, *epoch), vote),
                         except: None,
                     });
                 }
@@ -3270,7 +3285,7 @@ impl Engine {
             .or_default()
             .insert((round, me), (last_seq, signature));
         out.push(Effect::Broadcast {
-            message: vote_message(key, (me, round, last_seq, signature)),
+            message: self.vote_message(key, (me, round, last_seq, signature)),
             except: None,
         });
     }
@@ -3437,9 +3452,26 @@ impl Engine {
         self.electorate(key)
     }
 
+    /// The message carrying `vote` for `key` (the voter's current incarnation, in which every
+    /// kept vote was cast: `membership_changed` drops the votes of members that left).
+    fn vote_message(&self, key: (NodeId, u64), vote: Ballot) -> Message {
+        let (voter, round, last_seq, signature) = vote;
+        Message::Vote {
+            voter,
+            voter_epoch: self.incarnation.get(&voter).copied().unwrap_or(0),
+            target: key.0,
+            epoch: key.1,
+            round,
+            last_seq,
+            signature,
+        }
+    }
+
     fn sign_vote(&self, target: &NodeId, epoch: u64, round: u32, last_seq: u64) -> Signature {
+        let my_epoch = self.incarnation.get(&self.me).copied().unwrap_or(0);
         self.identity.sign(&peer_protocol::vote_transcript(
             &self.config.network_id,
+            my_epoch,
             target,
             epoch,
             round,
@@ -3510,7 +3542,7 @@ impl Engine {
             }));
         }
         out.push(Effect::Broadcast {
-            message: vote_message(key, vote),
+            message: self.vote_message(key, vote),
             except: Some(from),
         });
         let now = self.now_ms;
@@ -3910,18 +3942,6 @@ type RoundVotes = BTreeMap<(u32, NodeId), (u64, Signature)>;
 
 /// One vote: (voter, round, last_seq, signature).
 type Ballot = (NodeId, u32, u64, Signature);
-
-fn vote_message(key: (NodeId, u64), vote: Ballot) -> Message {
-    let (voter, round, last_seq, signature) = vote;
-    Message::Vote {
-        voter,
-        target: key.0,
-        epoch: key.1,
-        round,
-        last_seq,
-        signature,
-    }
-}
 
 /// Each voter's lowest vote among `votes`: the value that caps its acks (rule 11).
 fn lowest_votes(votes: &RoundVotes) -> BTreeMap<NodeId, u64> {

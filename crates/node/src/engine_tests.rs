@@ -1324,8 +1324,10 @@ fn round_vote_of(
     round: u32,
     last_seq: u64,
 ) -> (NodeId, Message) {
+    let voter_epoch = sim.nodes[voter].incarnation[&sim.id(voter)];
     let signature = sim.identities[voter].sign(&peer_protocol::vote_transcript(
         "test-net",
+        voter_epoch,
         &sim.id(target),
         epoch,
         round,
@@ -1335,6 +1337,7 @@ fn round_vote_of(
         sim.id(voter),
         Message::Vote {
             voter: sim.id(voter),
+            voter_epoch,
             target: sim.id(target),
             epoch,
             round,
@@ -1558,12 +1561,14 @@ fn forged_outsider_and_equivocating_votes_are_rejected() {
     let forged = match message {
         Message::Vote {
             voter,
+            voter_epoch,
             target,
             epoch,
             signature,
             ..
         } => Message::Vote {
             voter,
+            voter_epoch,
             target,
             epoch,
             round: 0,
@@ -1577,6 +1582,7 @@ fn forged_outsider_and_equivocating_votes_are_rejected() {
     let outsider = Arc::new(Identity::from_secret_bytes(&[99; 32]));
     let signature = outsider.sign(&peer_protocol::vote_transcript(
         "test-net",
+        0,
         &sim.id(2),
         epoch,
         0,
@@ -1584,22 +1590,46 @@ fn forged_outsider_and_equivocating_votes_are_rejected() {
     ));
     let vote = Message::Vote {
         voter: outsider.node_id(),
+        voter_epoch: 0,
         target: sim.id(2),
         epoch,
         round: 0,
         last_seq: 5,
         signature,
     };
-    let input = sim.nodes[0]
-        .check_message(&sim.id(1), vote)
-        .expect("well signed")
-        .expect("new");
-    sim.input(
+    // Not a member: it has no incarnation, so the vote is dropped before it is verified.
+    assert!(
+        sim.nodes[0]
+            .check_message(&sim.id(1), vote)
+            .expect("not misbehaviour")
+            .is_none()
+    );
+    assert!(sim.nodes[0].status().votes.is_empty());
+    // Node 1's correctly signed vote from another membership of node 1 (say one it was
+    // evicted from, relayed late): it does not count.
+    let other_epoch = sim.nodes[0].incarnation[&sim.id(1)] + 1;
+    let signature = sim.identities[1].sign(&peer_protocol::vote_transcript(
+        "test-net",
+        other_epoch,
+        &sim.id(2),
+        epoch,
         0,
-        Input::Peer {
-            from: sim.id(1),
-            message: input,
-        },
+        5,
+    ));
+    let stale = Message::Vote {
+        voter: sim.id(1),
+        voter_epoch: other_epoch,
+        target: sim.id(2),
+        epoch,
+        round: 0,
+        last_seq: 5,
+        signature,
+    };
+    assert!(
+        sim.nodes[0]
+            .check_message(&sim.id(1), stale)
+            .expect("not misbehaviour")
+            .is_none()
     );
     assert!(sim.nodes[0].status().votes.is_empty());
     // Equivocation: node 1 votes twice with different cuts; the first stays.

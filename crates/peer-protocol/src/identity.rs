@@ -299,17 +299,19 @@ pub fn join_transcript(network_id: &str, node_id: &NodeId) -> Vec<u8> {
     out
 }
 
-/// The bytes a member signs to vote, in voting `round`, for evicting `target`'s incarnation
-/// `epoch`, fixing the target's last valid event at `last_seq`. The voter is the key that signs, so it is not part
-/// of the bytes.
+/// The bytes a member whose own incarnation is `voter_epoch` signs to vote, in voting `round`,
+/// for evicting `target`'s incarnation `epoch`, fixing the target's last valid event at
+/// `last_seq`. The voter is the key that signs, so it is not part of the bytes.
 pub fn vote_transcript(
     network_id: &str,
+    voter_epoch: u64,
     target: &NodeId,
     epoch: u64,
     round: u32,
     last_seq: u64,
 ) -> Vec<u8> {
     let mut out = transcript(b"p2p-exchange/evict-vote/v2", network_id);
+    out.extend_from_slice(&voter_epoch.to_be_bytes());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(&epoch.to_be_bytes());
     out.extend_from_slice(&round.to_be_bytes());
@@ -471,8 +473,8 @@ mod tests {
             join_transcript("ab", &id)[..]
         );
         assert_ne!(
-            vote_transcript("n", &id, 1, 0, 2),
-            vote_transcript("n", &id, 2, 0, 1)
+            vote_transcript("n", 0, &id, 1, 0, 2),
+            vote_transcript("n", 0, &id, 2, 0, 1)
         );
     }
 

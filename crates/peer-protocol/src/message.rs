@@ -208,6 +208,9 @@ pub enum Message {
     Vote {
         /// The member voting.
         voter: NodeId,
+        /// The voter's own incarnation (the membership epoch at which it became a member): a
+        /// vote of an earlier membership of the voter does not count once it is back.
+        voter_epoch: u64,
         /// The member to evict.
         target: NodeId,
         /// The target's incarnation: the membership epoch at which it became a member.

@@ -244,7 +244,7 @@ fn message() -> impl Strategy<Value = Message> {
         (node_id(), signature())
             .prop_map(|(node_id, signature)| Message::JoinRequest { node_id, signature }),
         (
-            node_id(),
+            (node_id(), any::<u64>()),
             node_id(),
             any::<u64>(),
             any::<u32>(),
@@ -252,8 +252,9 @@ fn message() -> impl Strategy<Value = Message> {
             signature()
         )
             .prop_map(
-                |(voter, target, epoch, round, last_seq, signature)| Message::Vote {
+                |((voter, voter_epoch), target, epoch, round, last_seq, signature)| Message::Vote {
                     voter,
+                    voter_epoch,
                     target,
                     epoch,
                     round,
@@ -970,17 +971,18 @@ fn join_and_vote_signatures_are_bound_to_their_fields() {
         )
         .is_err()
     );
-    let vote = alice.sign(&vote_transcript("main", &bob.node_id(), 3, 0, 17));
+    let vote = alice.sign(&vote_transcript("main", 1, &bob.node_id(), 3, 0, 17));
     verify(
         &alice.node_id(),
-        &vote_transcript("main", &bob.node_id(), 3, 0, 17),
+        &vote_transcript("main", 1, &bob.node_id(), 3, 0, 17),
         &vote,
     )
     .unwrap();
     for other in [
-        vote_transcript("main", &bob.node_id(), 4, 0, 17),
-        vote_transcript("main", &bob.node_id(), 3, 1, 17),
-        vote_transcript("main", &bob.node_id(), 3, 0, 16),
+        vote_transcript("main", 2, &bob.node_id(), 3, 0, 17),
+        vote_transcript("main", 1, &bob.node_id(), 4, 0, 17),
+        vote_transcript("main", 1, &bob.node_id(), 3, 1, 17),
+        vote_transcript("main", 1, &bob.node_id(), 3, 0, 16),
     ] {
         assert!(verify(&alice.node_id(), &other, &vote).is_err());
     }
