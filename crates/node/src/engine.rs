@@ -216,7 +216,12 @@
 //! (their digest gossip reports it). A returning node's new events that reach a node holding its
 //! cut before the `Join` does by another path than a sync response (a live relay from the returning
 //! node to a node the sponsor's `Join` has not reached) are delivered void there: a divergence
-//! (rule 9 orders each sync response, not the flood). A `Join` of a returning node delivered before
+//! (rule 9 orders each sync response, not the flood; a variant of rule 14 tried while building it
+//! reproduced what looks like this in `an_eviction_ordered_behind_a_blocked_target_still_settles`:
+//! the rejoined node had one event, same cuts and delivered clocks everywhere, and its own settled
+//! count was one higher than everyone else's with nothing pending). A fix: hold a cut origin's
+//! later events back until the sender's sync (ordered by lamport) brings the `Join`, or until it
+//! is certain no `Join` precedes them. A `Join` of a returning node delivered before
 //! its eviction is checkable here leaves the cut without its resume point, so that node's later
 //! events stay void here. Pending joiners widen the electorate of settlement but not that of a
 //! decision taken in the settled membership; the quorum argument assumes the two are the same
