@@ -857,6 +857,9 @@ pub struct Engine {
     /// no vote of this node goes below it).
     max_announced: BTreeMap<NodeId, u64>,
     cuts: BTreeMap<NodeId, Cut>,
+    /// Unsettled events of a cut origin after its cut, delivered while no `Join` of it was
+    /// known: void unless a `Join` ordered before them brings its resume point (rule 9).
+    limbo: BTreeSet<Key>,
     /// Delivered `Evict` events not yet checkable, with the epoch they were last checked at.
     pending_evicts: Vec<Event>,
     pending_evicts_checked: u64,
@@ -958,6 +961,7 @@ impl Engine {
             vote_fetch_ms: BTreeMap::new(),
             max_announced: BTreeMap::new(),
             cuts: BTreeMap::new(),
+            limbo: BTreeSet::new(),
             pending_evicts: Vec::new(),
             pending_evicts_checked: 0,
             last_vote_broadcast_ms: None,
@@ -1514,7 +1518,13 @@ impl Engine {
             if *entry.key() > key {
                 break;
             }
-            let (k, event) = entry.remove_entry();
+            let k = *entry.key();
+            if self.void_limbo(&k) {
+                continue;
+            }
+            let Some(event) = self.unsettled.remove(&k) else {
+                break;
+            };
             self.apply(k, event, &mut sink);
             if !self.pending_evicts.is_empty() && self.pending_evicts_checked != self.epoch {
                 // As `settle` does: a decision may become checkable (and its cut recorded)
@@ -2675,9 +2685,21 @@ impl Engine {
             .map_or((first.seq, first.lamport), |e| (e.seq, e.lamport));
         // Events after an eviction's cut are void: delivered (so every node holds the evicted
         // node's orders, as rejected), never ordered, so the checks against the settled
-        // frontier and position do not apply to them.
-        let is_void = |e: &Event| cut.is_some_and(|c| c.drops(e.seq));
-        let first_ordered = new.iter().find(|e| !is_void(e)).copied();
+        // frontier and position do not apply to them. While no `Join` of the origin is known
+        // here, one stamped above the settled frontier may still be an event of its next
+        // membership whose `Join` has not arrived yet: it waits, ordered, in limbo (rule 9).
+        let frontier = self.settled_frontier();
+        let settled_key = self.settled_key;
+        let in_limbo = |e: &Event| {
+            cut.is_some_and(|c| c.drops(e.seq) && c.resume.is_none())
+                && frontier.is_none_or(|s| e.lamport > s)
+                && settled_key.is_none_or(|k| (e.lamport, origin, e.seq) > k)
+        };
+        let is_void = |e: &Event| cut.is_some_and(|c| c.drops(e.seq)) && !in_limbo(e);
+        let first_ordered = new
+            .iter()
+            .find(|e| !cut.is_some_and(|c| c.drops(e.seq)))
+            .copied();
         if first.lamport <= last_lamport {
             self.reject(from, &origin, "lamport not increasing across batches");
             return false;
@@ -2696,7 +2718,6 @@ impl Engine {
             }
             return false;
         }
-        let frontier = self.settled_frontier();
         if let Some(first) = first_ordered
             && let Some(s) = frontier
             && first.lamport <= s
@@ -2734,6 +2755,13 @@ impl Engine {
                 self.on_void(&event);
                 continue;
             }
+            if in_limbo(&event) {
+                self.clock = self.clock.max(event.lamport);
+                let key = (event.lamport, event.origin, event.seq);
+                self.limbo.insert(key);
+                self.unsettled.insert(key, event);
+                continue;
+            }
             self.clock = self.clock.max(event.lamport);
             self.on_delivered(&event);
             self.unsettled
@@ -2759,6 +2787,41 @@ impl Engine {
 
     /// A void event (after its origin's cut): counted as delivered; a `Place` becomes an order
     /// record `rejected` with [`EVICTED_REASON`]; nothing else has any effect.
+    /// Sorts `origin`'s events in limbo now that its resume point is known: void (out of the
+    /// log, orders rejected) or ordinary events of its new membership.
+    fn resolve_limbo(&mut self, origin: NodeId) {
+        let keys: Vec<Key> = self
+            .limbo
+            .iter()
+            .filter(|(_, o, _)| *o == origin)
+            .copied()
+            .collect();
+        for key in keys {
+            self.limbo.remove(&key);
+            let void = self.cuts.get(&origin).is_some_and(|c| c.drops(key.2));
+            if void {
+                if let Some(event) = self.unsettled.remove(&key) {
+                    self.on_void(&event);
+                }
+            } else if let Some(event) = self.unsettled.get(&key).cloned() {
+                self.on_delivered(&event);
+            }
+        }
+    }
+
+    /// An event in limbo reached in key order with no `Join` of its origin known: none was
+    /// ordered before it (that `Join` would be delivered and settled here first), so it is
+    /// void on every node alike.
+    fn void_limbo(&mut self, key: &Key) -> bool {
+        if !self.limbo.remove(key) {
+            return false;
+        }
+        if let Some(event) = self.unsettled.remove(key) {
+            self.on_void(&event);
+        }
+        true
+    }
+
     fn on_void(&mut self, event: &Event) {
         self.events_delivered += 1;
         if let EventBody::Place(order) = &event.body {
@@ -2840,14 +2903,15 @@ impl Engine {
                 self.known_origins.insert(*member);
                 self.pending_joins
                     .insert((event.lamport, event.origin, event.seq), *member);
-                if *first_seq > 1
-                    && let Some(cut) = self.cuts.get_mut(member)
+                // (Also with `first_seq` 1: a member evicted before it created any event.)
+                if let Some(cut) = self.cuts.get_mut(member)
                     && cut.resume.is_none()
                 {
                     // A returning member: its events resume at `first_seq`; what lies between
                     // its cut and there is void (delivered, never ordered). Its void events
                     // are fetched like any others: the returning node holds them all.
                     cut.resume = Some(*first_seq);
+                    self.resolve_limbo(*member);
                 }
             }
             EventBody::Evict {
@@ -3031,6 +3095,7 @@ impl Engine {
             .copied()
             .collect();
         for key in &doomed {
+            self.limbo.remove(key);
             let Some(event) = self.unsettled.remove(key) else {
                 continue;
             };
@@ -3669,6 +3734,9 @@ impl Engine {
             }
             // In key order: the first event not held by a majority stops the loop.
             let key = *entry.key();
+            if self.void_limbo(&key) {
+                continue;
+            }
             if !self.majority_holds(&key) {
                 break;
             }

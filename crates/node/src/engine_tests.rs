@@ -2662,3 +2662,48 @@ fn a_complete_round_without_a_majority_is_voted_again() {
     }
     assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
 }
+
+/// A member evicted before it created any event (its cut is 0) rejoins with `first_seq` 1:
+/// its new events are ordinary on every node. (The resume point used to be recorded only for
+/// `first_seq > 1`, so every other node delivered them void while the rejoined node settled
+/// them: a divergence, found through a variant of the round rules.)
+#[test]
+fn a_member_evicted_before_its_first_event_rejoins_and_trades() {
+    let mut sim = Sim::network(3);
+    sim.set_evict_after(2000);
+    sim.place(0, limit(Side::Sell, "100", "5")).expect("placed");
+    sim.settle_all();
+    let target = sim.id(2);
+    assert_eq!(
+        sim.nodes[0].delivered(&target),
+        0,
+        "node 2 has no event yet"
+    );
+    sim.partition(&[2]);
+    sim.run_until(20_000, "nodes 0 and 1 evict node 2 at 0", |s| {
+        s.nodes[..2]
+            .iter()
+            .all(|n| !n.members().contains(&target) && n.cuts[&target].last_seq == 0)
+    });
+    sim.heal();
+    sim.run_until(30_000, "node 2 rejoins", |s| {
+        s.nodes
+            .iter()
+            .all(|n| n.members().len() == 3 && n.phase() == Phase::Member)
+    });
+    let order = sim.place(2, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.settle_all();
+    for node in 0..3 {
+        assert_eq!(
+            sim.order_status(node, &order).expect("everywhere").status,
+            OrderStatus::Filled,
+            "node {node}"
+        );
+        assert_eq!(
+            sim.nodes[node].digest(),
+            sim.nodes[0].digest(),
+            "node {node}"
+        );
+    }
+    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+}
