@@ -76,11 +76,18 @@
 //!    the highest seq it reported for itself in its `NetworkInfo` (or that the sponsor holds).
 //!    Its events between the cut and `first_seq` are void (rule 6): every node fetches them
 //!    like any others (the returning node holds them all), so delivered seqs line up with
-//!    `first_seq` everywhere, and its ordered events resume at `first_seq`. Whether an event
-//!    after the cut is void is decided at its delivery, so a node must deliver the `Join`
-//!    before the returning node's new events: anti-entropy serves batches merged across
-//!    origins in lamport order (the `Evict`, then the `Join`, then the new events, as they
-//!    were stamped), never origin by origin.
+//!    `first_seq` everywhere, and its ordered events resume at `first_seq` (also when
+//!    `first_seq` is 1: a node evicted before its first event). Anti-entropy serves batches
+//!    merged across origins in lamport order (the `Evict`, then the `Join`, then the new
+//!    events, as they were stamped), never origin by origin. An event after the cut that
+//!    arrives while no `Join` of its origin is known here (a live relay that overtook the
+//!    sponsor's `Join`) and is stamped above the settled frontier waits in *limbo*: ordered
+//!    in the unsettled set, not yet applied. A `Join` that brings the resume point sorts it
+//!    (void, or an ordinary event of the new membership); reached in key order with no `Join`
+//!    known it is void, as on every node: a `Join` ordered before it would have been
+//!    delivered and settled here first. One stamped at or below the settled frontier is void
+//!    at once for the same reason. A `Join` delivered before the decision that cuts its
+//!    joiner (relayed ahead of it) gives the cut its resume point when the cut is recorded.
 //! 10. A node back within `evict_after_ms` (a quick restart) is simply caught up. A
 //!     (re)connecting member is not suspect any more, so stale votes are not acted on.
 //!
@@ -213,17 +220,7 @@
 //! Decisions take effect at delivery, not in log order: two members that decide against each other
 //! at the same time (each a majority in its own view) void each other's later events, the `Evict`s
 //! included, in whichever order they arrive, so two nodes may record different cuts and diverge
-//! (their digest gossip reports it). A returning node's new events that reach a node holding its
-//! cut before the `Join` does by another path than a sync response (a live relay from the returning
-//! node to a node the sponsor's `Join` has not reached) are delivered void there: a divergence
-//! (rule 9 orders each sync response, not the flood; a variant of rule 14 tried while building it
-//! reproduced what looks like this in `an_eviction_ordered_behind_a_blocked_target_still_settles`:
-//! the rejoined node had one event, same cuts and delivered clocks everywhere, and its own settled
-//! count was one higher than everyone else's with nothing pending). A fix: hold a cut origin's
-//! later events back until the sender's sync (ordered by lamport) brings the `Join`, or until it
-//! is certain no `Join` precedes them. A `Join` of a returning node delivered before
-//! its eviction is checkable here leaves the cut without its resume point, so that node's later
-//! events stay void here. Pending joiners widen the electorate of settlement but not that of a
+//! (their digest gossip reports it). Pending joiners widen the electorate of settlement but not that of a
 //! decision taken in the settled membership; the quorum argument assumes the two are the same
 //! membership. A relay can keep a dead member looking alive by replaying its last frontier (a
 //! liveness, not a safety, issue).
@@ -3080,10 +3077,22 @@ impl Engine {
             }
             return;
         }
+        // A `Join` of the target delivered before this decision (relayed ahead of it) already
+        // names where its next membership resumes: a sponsor admits it only once its eviction
+        // settled there, so that `Join` belongs after this cut.
+        let resume = self
+            .pending_joins
+            .iter()
+            .filter(|(_, member)| **member == target)
+            .filter_map(|(key, _)| match self.unsettled.get(key).map(|e| &e.body) {
+                Some(EventBody::Join { first_seq, .. }) => Some(*first_seq),
+                _ => None,
+            })
+            .min();
         let cut = Cut {
             incarnation,
             last_seq,
-            resume: None,
+            resume,
         };
         self.cuts.insert(target, cut);
         self.suspects.remove(&target);
