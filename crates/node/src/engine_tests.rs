@@ -2707,3 +2707,125 @@ fn a_member_evicted_before_its_first_event_rejoins_and_trades() {
     }
     assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
 }
+
+/// A returning node's new event overtakes its `Join` (rule 9's limbo): node 2 is evicted and
+/// rejoins while every copy of its `Join` bound for node 1 is held back; node 2's first new
+/// order reaches node 1 first. Node 1 holds node 2's cut and no resume point, so the order
+/// waits in limbo (it used to be delivered void there while the others settled it); when the
+/// `Join` arrives the order becomes an ordinary event, and every node ends alike.
+#[test]
+fn a_returning_nodes_event_that_overtakes_its_join_waits_in_limbo() {
+    let mut sim = Sim::network(4);
+    sim.set_evict_after(2000);
+    sim.place(0, limit(Side::Sell, "100", "5")).expect("placed");
+    sim.settle_all();
+    let target = sim.id(2);
+    sim.partition(&[2]);
+    sim.run_until(20_000, "nodes 0, 1 and 3 evict node 2", |s| {
+        [0, 1, 3]
+            .iter()
+            .all(|&n| !s.nodes[n].members().contains(&target))
+    });
+    let carries_join = |message: &Message| {
+        let is_join = |batch: &SignedBatch| {
+            batch
+                .events()
+                .iter()
+                .any(|e| matches!(e.body, EventBody::Join { member, .. } if member == target))
+        };
+        match message {
+            Message::Batch(batch) => is_join(batch),
+            Message::SyncResponse { batches, .. } => batches.iter().any(is_join),
+            _ => false,
+        }
+    };
+    // Node 2 comes back to nodes 0 and 3 only (one of them sponsors it); everything that
+    // would bring its `Join` to node 1 is held back.
+    sim.connect(0, 2);
+    sim.connect(2, 3);
+    let mut held: Vec<(usize, usize, Message)> = Vec::new();
+    let mut step = |sim: &mut Sim, held: &mut Vec<(usize, usize, Message)>| {
+        sim.tick(100);
+        while let Some((from, to, message)) = sim.queue.pop_front() {
+            if to == 1 && carries_join(&message) {
+                held.push((from, to, message));
+                continue;
+            }
+            let from_id = sim.id(from);
+            match sim.nodes[to].check_message(&from_id, message) {
+                Ok(Some(message)) => sim.input(
+                    to,
+                    Input::Peer {
+                        from: from_id,
+                        message,
+                    },
+                ),
+                Ok(None) => {}
+                Err(what) => sim.misbehaviour.push((to, from_id, what)),
+            }
+        }
+    };
+    let mut rejoined = false;
+    for i in 0..300 {
+        step(&mut sim, &mut held);
+        if sim.nodes[2].phase() == Phase::Member {
+            rejoined = true;
+            break;
+        }
+        // The member that did not sponsor node 2 keeps trading, so node 1 (missing only the
+        // sponsor's `Join` and what follows it) still delivers events stamped above the `Join`
+        // and its frontier passes it.
+        let sponsor = [0, 3].into_iter().find(|&n| {
+            sim.nodes[n]
+                .pending_joins
+                .iter()
+                .any(|((_, origin, _), m)| *m == target && *origin == sim.id(n))
+        });
+        if let Some(sponsor) = sponsor
+            && i % 10 == 9
+        {
+            let other = if sponsor == 0 { 3 } else { 0 };
+            sim.place(other, limit(Side::Sell, "101", "1"))
+                .expect("placed");
+        }
+    }
+    assert!(
+        rejoined,
+        "node 2 rejoined without node 1 holding its Join: {:?}",
+        sim.nodes.iter().map(|n| n.status()).collect::<Vec<_>>()
+    );
+    sim.connect(1, 2);
+    for _ in 0..5 {
+        step(&mut sim, &mut held);
+    }
+    assert!(!held.is_empty(), "the Join was bound for node 1");
+    assert!(!sim.nodes[1].pending_joins.values().any(|m| *m == target));
+    let order = sim.place(2, limit(Side::Buy, "100", "1")).expect("placed");
+    for _ in 0..5 {
+        step(&mut sim, &mut held);
+    }
+    assert!(
+        sim.nodes[1]
+            .limbo
+            .iter()
+            .any(|(lamport, origin, _)| *lamport == order.lamport && *origin == target),
+        "node 2's order waits in limbo on node 1"
+    );
+    // The `Join` arrives; everything settles alike.
+    sim.queue.extend(held.drain(..));
+    sim.settle_all();
+    for node in 0..4 {
+        assert_eq!(
+            sim.order_status(node, &order).expect("everywhere").status,
+            OrderStatus::Filled,
+            "node {node}"
+        );
+        assert_eq!(
+            sim.nodes[node].digest(),
+            sim.nodes[0].digest(),
+            "node {node}"
+        );
+    }
+    assert!(sim.nodes[1].limbo.is_empty());
+    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+}
