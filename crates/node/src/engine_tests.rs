@@ -2744,7 +2744,7 @@ fn a_returning_nodes_event_that_overtakes_its_join_waits_in_limbo() {
     sim.connect(0, 2);
     sim.connect(2, 3);
     let mut held: Vec<(usize, usize, Message)> = Vec::new();
-    let mut step = |sim: &mut Sim, held: &mut Vec<(usize, usize, Message)>| {
+    let step = |sim: &mut Sim, held: &mut Vec<(usize, usize, Message)>| {
         sim.tick(100);
         while let Some((from, to, message)) = sim.queue.pop_front() {
             if to == 1 && carries_join(&message) {
