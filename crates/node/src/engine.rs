@@ -856,7 +856,8 @@ pub struct Engine {
     cuts: BTreeMap<NodeId, Cut>,
     /// Unsettled events of a cut origin after its cut, delivered while no `Join` of it was
     /// known: void unless a `Join` ordered before them brings its resume point (rule 9).
-    limbo: BTreeSet<Key>,
+    /// (Value: whether `on_delivered` already ran for it, delivered before its cut was known.)
+    limbo: BTreeMap<Key, bool>,
     /// Delivered `Evict` events not yet checkable, with the epoch they were last checked at.
     pending_evicts: Vec<Event>,
     pending_evicts_checked: u64,
@@ -958,7 +959,7 @@ impl Engine {
             vote_fetch_ms: BTreeMap::new(),
             max_announced: BTreeMap::new(),
             cuts: BTreeMap::new(),
-            limbo: BTreeSet::new(),
+            limbo: BTreeMap::new(),
             pending_evicts: Vec::new(),
             pending_evicts_checked: 0,
             last_vote_broadcast_ms: None,
@@ -2755,7 +2756,7 @@ impl Engine {
             if in_limbo(&event) {
                 self.clock = self.clock.max(event.lamport);
                 let key = (event.lamport, event.origin, event.seq);
-                self.limbo.insert(key);
+                self.limbo.insert(key, false);
                 self.unsettled.insert(key, event);
                 continue;
             }
@@ -2787,20 +2788,20 @@ impl Engine {
     /// Sorts `origin`'s events in limbo now that its resume point is known: void (out of the
     /// log, orders rejected) or ordinary events of its new membership.
     fn resolve_limbo(&mut self, origin: NodeId) {
-        let keys: Vec<Key> = self
+        let keys: Vec<(Key, bool)> = self
             .limbo
             .iter()
-            .filter(|(_, o, _)| *o == origin)
-            .copied()
+            .filter(|((_, o, _), _)| *o == origin)
+            .map(|(key, delivered)| (*key, *delivered))
             .collect();
-        for key in keys {
+        for (key, delivered) in keys {
             self.limbo.remove(&key);
             let void = self.cuts.get(&origin).is_some_and(|c| c.drops(key.2));
             if void {
                 if let Some(event) = self.unsettled.remove(&key) {
-                    self.on_void(&event);
+                    self.void_delivered(&event, delivered);
                 }
-            } else if let Some(event) = self.unsettled.get(&key).cloned() {
+            } else if !delivered && let Some(event) = self.unsettled.get(&key).cloned() {
                 self.on_delivered(&event);
             }
         }
@@ -2810,13 +2811,31 @@ impl Engine {
     /// ordered before it (that `Join` would be delivered and settled here first), so it is
     /// void on every node alike.
     fn void_limbo(&mut self, key: &Key) -> bool {
-        if !self.limbo.remove(key) {
+        let Some(delivered) = self.limbo.remove(key) else {
             return false;
-        }
+        };
         if let Some(event) = self.unsettled.remove(key) {
-            self.on_void(&event);
+            self.void_delivered(&event, delivered);
         }
         true
+    }
+
+    /// Voids an event out of limbo: as at delivery, or, if it was delivered as an ordinary
+    /// event before its cut was known, by rejecting its order.
+    fn void_delivered(&mut self, event: &Event, delivered: bool) {
+        if !delivered {
+            self.on_void(event);
+            return;
+        }
+        self.pending_joins
+            .remove(&(event.lamport, event.origin, event.seq));
+        if let EventBody::Place(_) = event.body {
+            self.set_status(
+                order_id(&event.origin, event.seq).0,
+                OrderStatus::Rejected,
+                Some(EVICTED_REASON.to_owned()),
+            );
+        }
     }
 
     fn on_void(&mut self, event: &Event) {
@@ -2900,9 +2919,11 @@ impl Engine {
                 self.known_origins.insert(*member);
                 self.pending_joins
                     .insert((event.lamport, event.origin, event.seq), *member);
-                // (Also with `first_seq` 1: a member evicted before it created any event.)
+                // (Also with `first_seq` 1: a member evicted before it created any event. A `Join`
+                // at or below the cut is one of an earlier admission, relayed late.)
                 if let Some(cut) = self.cuts.get_mut(member)
                     && cut.resume.is_none()
+                    && *first_seq > cut.last_seq
                 {
                     // A returning member: its events resume at `first_seq`; what lies between
                     // its cut and there is void (delivered, never ordered). Its void events
@@ -3085,7 +3106,9 @@ impl Engine {
             .iter()
             .filter(|(_, member)| **member == target)
             .filter_map(|(key, _)| match self.unsettled.get(key).map(|e| &e.body) {
-                Some(EventBody::Join { first_seq, .. }) => Some(*first_seq),
+                Some(EventBody::Join { first_seq, .. }) if *first_seq > last_seq => {
+                    Some(*first_seq)
+                }
                 _ => None,
             })
             .min();
@@ -3103,6 +3126,21 @@ impl Engine {
             .filter(|(_, origin, seq)| *origin == target && cut.drops(*seq))
             .copied()
             .collect();
+        if resume.is_none() {
+            // Without a `Join` known, the target's later events might belong to its next
+            // membership (relayed ahead of this decision and of that `Join`): they wait in
+            // limbo like events delivered after the cut (rule 9).
+            for key in &doomed {
+                self.limbo.entry(*key).or_insert(true);
+            }
+            if target == self.me {
+                tracing::warn!(last_seq, "a majority decided to evict this node");
+                self.announce_info = true;
+            } else {
+                tracing::info!(member = %target.short(), last_seq, "eviction decided");
+            }
+            return;
+        }
         for key in &doomed {
             self.limbo.remove(key);
             let Some(event) = self.unsettled.remove(key) else {

@@ -2807,7 +2807,7 @@ fn a_returning_nodes_event_that_overtakes_its_join_waits_in_limbo() {
     assert!(
         sim.nodes[1]
             .limbo
-            .iter()
+            .keys()
             .any(|(lamport, origin, _)| *lamport == order.lamport && *origin == target),
         "node 2's order waits in limbo on node 1"
     );
