@@ -87,7 +87,11 @@
 //!    known it is void, as on every node: a `Join` ordered before it would have been
 //!    delivered and settled here first. One stamped at or below the settled frontier is void
 //!    at once for the same reason. A `Join` delivered before the decision that cuts its
-//!    joiner (relayed ahead of it) gives the cut its resume point when the cut is recorded.
+//!    joiner (relayed ahead of it) gives the cut its resume point when the cut is recorded;
+//!    without one, the target's events after the cut that were delivered as ordinary events
+//!    before it (possibly of its next membership, relayed ahead of the decision) go to limbo
+//!    too. A `Join` whose `first_seq` is at or below the cut is one of an earlier admission
+//!    (a second sponsor's, relayed late) and never gives the resume point.
 //! 10. A node back within `evict_after_ms` (a quick restart) is simply caught up. A
 //!     (re)connecting member is not suspect any more, so stale votes are not acted on.
 //!
@@ -220,7 +224,13 @@
 //! Decisions take effect at delivery, not in log order: two members that decide against each other
 //! at the same time (each a majority in its own view) void each other's later events, the `Evict`s
 //! included, in whichever order they arrive, so two nodes may record different cuts and diverge
-//! (their digest gossip reports it). Pending joiners widen the electorate of settlement but not that of a
+//! (their digest gossip reports it). Limbo (rule 9) trusts the first `Join` it sees: a `Join`
+//! whose sponsor is itself cut (void on nodes that hold that cut, delivered on the others) can
+//! sort the same event differently on two nodes; and a faulty returning node could stamp a new
+//! event below its own `Join`, which nodes that have the `Join` reject as below the settled
+//! position (an honest node creates nothing while joining). Deciding void or ordinary at the
+//! settled position, from the first `Join` of the origin applied before the event in key order,
+//! would close both. Pending joiners widen the electorate of settlement but not that of a
 //! decision taken in the settled membership; the quorum argument assumes the two are the same
 //! membership. A relay can keep a dead member looking alive by replaying its last frontier (a
 //! liveness, not a safety, issue).
