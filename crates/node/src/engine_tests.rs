@@ -158,18 +158,7 @@ impl Sim {
         while let Some((from, to, message)) = self.queue.pop_front() {
             steps += 1;
             assert!(steps < 1_000_000, "message storm");
-            let from_id = self.identities[from].node_id();
-            match self.nodes[to].check_message(&from_id, message) {
-                Ok(Some(message)) => self.input(
-                    to,
-                    Input::Peer {
-                        from: from_id,
-                        message,
-                    },
-                ),
-                Ok(None) => {}
-                Err(what) => self.misbehaviour.push((to, from_id, what)),
-            }
+            self.deliver(from, to, message);
         }
     }
 
@@ -190,18 +179,24 @@ impl Sim {
             if seed.is_multiple_of(7) {
                 self.queue.push_back((from, to, message.clone()));
             }
-            let from_id = self.identities[from].node_id();
-            match self.nodes[to].check_message(&from_id, message) {
-                Ok(Some(message)) => self.input(
-                    to,
-                    Input::Peer {
-                        from: from_id,
-                        message,
-                    },
-                ),
-                Ok(None) => {}
-                Err(what) => self.misbehaviour.push((to, from_id, what)),
-            }
+            self.deliver(from, to, message);
+        }
+    }
+
+    /// Hands one message from `from` to `to` as the shell would: checked, then input (a
+    /// message that fails the check is recorded as misbehaviour).
+    fn deliver(&mut self, from: usize, to: usize, message: Message) {
+        let from_id = self.identities[from].node_id();
+        match self.nodes[to].check_message(&from_id, message) {
+            Ok(Some(message)) => self.input(
+                to,
+                Input::Peer {
+                    from: from_id,
+                    message,
+                },
+            ),
+            Ok(None) => {}
+            Err(what) => self.misbehaviour.push((to, from_id, what)),
         }
     }
 
@@ -1975,24 +1970,34 @@ impl Sim {
                     held.push((from, to, message));
                     continue;
                 }
-                let from_id = self.id(from);
-                match self.nodes[to].check_message(&from_id, message) {
-                    Ok(Some(message)) => self.input(
-                        to,
-                        Input::Peer {
-                            from: from_id,
-                            message,
-                        },
-                    ),
-                    Ok(None) => {}
-                    Err(what) => self.misbehaviour.push((to, from_id, what)),
-                }
+                self.deliver(from, to, message);
             }
         }
     }
 
     /// Asserts that `order` of an evicted node is `rejected` with [`EVICTED_REASON`] on
     /// every node.
+    /// Asserts the end of a run: every node has node 0's digest, each order has its
+    /// expected status on every node, and no honest node flagged another.
+    fn assert_converged(&self, orders: &[(&OrderView, OrderStatus)]) {
+        for node in 0..self.nodes.len() {
+            assert_eq!(
+                self.nodes[node].digest(),
+                self.nodes[0].digest(),
+                "node {node}"
+            );
+            for (order, status) in orders {
+                assert_eq!(
+                    self.order_status(node, order).expect("everywhere").status,
+                    *status,
+                    "node {node}, order {}",
+                    order.order_id
+                );
+            }
+        }
+        assert!(self.misbehaviour.is_empty(), "{:?}", self.misbehaviour);
+    }
+
     fn assert_rejected_everywhere(&self, order: &OrderView) {
         for node in 0..self.nodes.len() {
             let view = self
@@ -2648,19 +2653,7 @@ fn a_complete_round_without_a_majority_is_voted_again() {
     });
     sim.settle_all();
     sim.assert_rejected_everywhere(&cut_order);
-    for node in 0..3 {
-        assert_eq!(
-            sim.nodes[node].digest(),
-            sim.nodes[1].digest(),
-            "node {node}"
-        );
-        assert_eq!(
-            sim.order_status(node, &kept).expect("everywhere").status,
-            OrderStatus::Filled,
-            "node {node}"
-        );
-    }
-    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+    sim.assert_converged(&[(&kept, OrderStatus::Filled)]);
 }
 
 /// A member evicted before it created any event (its cut is 0) rejoins with `first_seq` 1:
@@ -2693,19 +2686,7 @@ fn a_member_evicted_before_its_first_event_rejoins_and_trades() {
     });
     let order = sim.place(2, limit(Side::Buy, "100", "1")).expect("placed");
     sim.settle_all();
-    for node in 0..3 {
-        assert_eq!(
-            sim.order_status(node, &order).expect("everywhere").status,
-            OrderStatus::Filled,
-            "node {node}"
-        );
-        assert_eq!(
-            sim.nodes[node].digest(),
-            sim.nodes[0].digest(),
-            "node {node}"
-        );
-    }
-    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+    sim.assert_converged(&[(&order, OrderStatus::Filled)]);
 }
 
 /// A returning node's new event overtakes its `Join` (rule 9's limbo): node 2 is evicted and
@@ -2751,18 +2732,7 @@ fn a_returning_nodes_event_that_overtakes_its_join_waits_in_limbo() {
                 held.push((from, to, message));
                 continue;
             }
-            let from_id = sim.id(from);
-            match sim.nodes[to].check_message(&from_id, message) {
-                Ok(Some(message)) => sim.input(
-                    to,
-                    Input::Peer {
-                        from: from_id,
-                        message,
-                    },
-                ),
-                Ok(None) => {}
-                Err(what) => sim.misbehaviour.push((to, from_id, what)),
-            }
+            sim.deliver(from, to, message);
         }
     };
     let mut rejoined = false;
@@ -2814,18 +2784,6 @@ fn a_returning_nodes_event_that_overtakes_its_join_waits_in_limbo() {
     // The `Join` arrives; everything settles alike.
     sim.queue.extend(held.drain(..));
     sim.settle_all();
-    for node in 0..4 {
-        assert_eq!(
-            sim.order_status(node, &order).expect("everywhere").status,
-            OrderStatus::Filled,
-            "node {node}"
-        );
-        assert_eq!(
-            sim.nodes[node].digest(),
-            sim.nodes[0].digest(),
-            "node {node}"
-        );
-    }
     assert!(sim.nodes[1].limbo.is_empty());
-    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+    sim.assert_converged(&[(&order, OrderStatus::Filled)]);
 }
