@@ -206,34 +206,32 @@
 //! acks for that incarnation for good, and only a decision (possibly after new rounds, rule 14)
 //! ends it. A round needs every member but the target to vote: while a member is down, a split
 //! among the others waits for it (a stall, never a divergence). Each node counts rounds in the
-//! membership it has settled: nodes at different epochs may compute different `q`s and split
-//! the next round too, until their memberships agree; a change of two or more members while a
-//! round is dead is not covered by rule 14's argument (see the revival case there). Rule 11's
-//! refinement lets a capped voter ack past its vote while a majority of the members, the
-//! target included, acks further: that is safe in one membership and, with rule 16, across a
-//! one-member change; two changes while a vote is open are not covered.
-//! Rule 13 judges the block by the `Join`s this
-//! node has delivered: a `Join` ordered before the target's event `N + 1` that it has not delivered
-//! yet could widen that event's electorate elsewhere (the same exposure as the quorum argument's,
+//! membership it has settled: nodes at different epochs may compute different `q`s and split the
+//! next round too, until their memberships agree; a change of two or more members while a round is
+//! dead is not covered by rule 14's argument (see the revival case there). Rule 11's refinement
+//! lets a capped voter ack past its vote while a majority of the members, the target included, acks
+//! further: that is safe in one membership and, with rule 16, across a one-member change; two
+//! changes while a vote is open are not covered. Rule 13 judges the block by the `Join`s this node
+//! has delivered: a `Join` ordered before the target's event `N + 1` that it has not delivered yet
+//! could widen that event's electorate elsewhere (the same exposure as the quorum argument's,
 //! below). Rule 13 counts a member whose own eviction is decided but not yet settled as uncapped:
 //! if its `Evict` is ordered behind a target's events that capped voters hold back, they settle
-//! only once it is heard again (its acks keep counting, rule 11, and it votes, rule 15), not
-//! while it stays down. An evicted node's released
-//! votes cap its acks only until it is a member again: a node that has not yet settled its `Evict`
-//! then still counts its acks, uncapped, for events ordered before it (a window not seen in tests).
-//! Decisions take effect at delivery, not in log order: two members that decide against each other
-//! at the same time (each a majority in its own view) void each other's later events, the `Evict`s
-//! included, in whichever order they arrive, so two nodes may record different cuts and diverge
-//! (their digest gossip reports it). Limbo (rule 9) trusts the first `Join` it sees: a `Join`
-//! whose sponsor is itself cut (void on nodes that hold that cut, delivered on the others) can
-//! sort the same event differently on two nodes; and a faulty returning node could stamp a new
-//! event below its own `Join`, which nodes that have the `Join` reject as below the settled
-//! position (an honest node creates nothing while joining). Deciding void or ordinary at the
-//! settled position, from the first `Join` of the origin applied before the event in key order,
-//! would close both. Pending joiners widen the electorate of settlement but not that of a
-//! decision taken in the settled membership; the quorum argument assumes the two are the same
-//! membership. A relay can keep a dead member looking alive by replaying its last frontier (a
-//! liveness, not a safety, issue).
+//! only once it is heard again (its acks keep counting, rule 11, and it votes, rule 15), not while
+//! it stays down. An evicted node's released votes cap its acks only until it is a member again: a
+//! node that has not yet settled its `Evict` then still counts its acks, uncapped, for events
+//! ordered before it (a window not seen in tests). Decisions take effect at delivery, not in log
+//! order: two members that decide against each other at the same time (each a majority in its own
+//! view) void each other's later events, the `Evict`s included, in whichever order they arrive, so
+//! two nodes may record different cuts and diverge (their digest gossip reports it). Limbo (rule 9)
+//! trusts the first `Join` it sees: a `Join` whose sponsor is itself cut (void on nodes that hold
+//! that cut, delivered on the others) can sort the same event differently on two nodes; and a
+//! faulty returning node could stamp a new event below its own `Join`, which nodes that have the
+//! `Join` reject as below the settled position (an honest node creates nothing while joining).
+//! Deciding void or ordinary at the settled position, from the first `Join` of the origin applied
+//! before the event in key order, would close both. Pending joiners widen the electorate of
+//! settlement but not that of a decision taken in the settled membership; the quorum argument
+//! assumes the two are the same membership. A relay can keep a dead member looking alive by
+//! replaying its last frontier (a liveness, not a safety, issue).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
