@@ -3134,40 +3134,24 @@ impl Engine {
             .filter(|(_, origin, seq)| *origin == target && cut.drops(*seq))
             .copied()
             .collect();
-        if resume.is_none() {
-            // Without a `Join` known, the target's later events might belong to its next
-            // membership (relayed ahead of this decision and of that `Join`): they wait in
-            // limbo like events delivered after the cut (rule 9).
-            for key in &doomed {
-                self.limbo.entry(*key).or_insert(true);
-            }
-            if target == self.me {
-                tracing::warn!(last_seq, "a majority decided to evict this node");
-                self.announce_info = true;
-            } else {
-                tracing::info!(member = %target.short(), last_seq, "eviction decided");
-            }
-            return;
-        }
         for key in &doomed {
-            self.limbo.remove(key);
-            let Some(event) = self.unsettled.remove(key) else {
+            if resume.is_none() {
+                // Without a `Join` known, the target's later events might belong to its next
+                // membership (relayed ahead of this decision and of that `Join`): they wait in
+                // limbo like events delivered after the cut (rule 9).
+                self.limbo.entry(*key).or_insert(true);
                 continue;
-            };
-            self.pending_joins.remove(key);
-            if let EventBody::Place(_) = event.body {
-                self.set_status(
-                    order_id(&target, event.seq).0,
-                    OrderStatus::Rejected,
-                    Some(EVICTED_REASON.to_owned()),
-                );
+            }
+            let delivered = self.limbo.remove(key).unwrap_or(true);
+            if let Some(event) = self.unsettled.remove(key) {
+                self.void_delivered(&event, delivered);
             }
         }
         if target == self.me {
             tracing::warn!(
                 last_seq,
                 cut = doomed.len(),
-                "a majority decided to evict this node; its later pending events are rejected"
+                "a majority decided to evict this node; its later pending events are rejected (in limbo until settlement reaches them if no Join of it is known)"
             );
             self.announce_info = true;
         } else {
