@@ -2258,18 +2258,7 @@ fn a_member_joins_a_vote_that_already_blocks_its_target() {
     let again = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
     sim.settle_all();
     sim.assert_rejected_everywhere(&cut_order);
-    for node in 0..4 {
-        assert_eq!(
-            sim.nodes[node].digest(),
-            sim.nodes[1].digest(),
-            "node {node}"
-        );
-        assert_eq!(
-            sim.order_status(node, &again).expect("everywhere").status,
-            OrderStatus::Filled
-        );
-    }
-    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+    sim.assert_converged(&[(&again, OrderStatus::Filled)]);
 }
 
 // ---- Stalls after several evictions (issue 7) -------------------------------------------
@@ -2321,18 +2310,7 @@ fn a_restarted_voter_resends_a_vote_that_never_left() {
     let again = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
     sim.settle_all();
     sim.assert_rejected_everywhere(&cut_order);
-    for node in 0..3 {
-        assert_eq!(
-            sim.nodes[node].digest(),
-            sim.nodes[1].digest(),
-            "node {node}"
-        );
-        assert_eq!(
-            sim.order_status(node, &again).expect("everywhere").status,
-            OrderStatus::Filled
-        );
-    }
-    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+    sim.assert_converged(&[(&again, OrderStatus::Filled)]);
 }
 
 /// A blocking vote is judged in the electorate of the target's first event after the cut
@@ -2441,18 +2419,7 @@ fn a_blocking_vote_is_judged_in_the_electorate_of_the_blocked_event() {
             "node {node}"
         );
     }
-    for node in 0..5 {
-        assert_eq!(
-            sim.nodes[node].digest(),
-            sim.nodes[1].digest(),
-            "node {node}"
-        );
-        assert_eq!(
-            sim.order_status(node, &again).expect("everywhere").status,
-            OrderStatus::Filled
-        );
-    }
-    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+    sim.assert_converged(&[(&again, OrderStatus::Filled)]);
 }
 
 /// A node that restarts holding an eviction's cut but not the `Join` that re-admitted its
@@ -2572,21 +2539,7 @@ fn an_eviction_ordered_behind_a_blocked_target_still_settles() {
             .all(|n| n.evictions() >= 1 && n.phase() == Phase::Member && n.members().len() == 5)
     });
     sim.settle_all();
-    for node in 0..5 {
-        assert_eq!(
-            sim.nodes[node].digest(),
-            sim.nodes[0].digest(),
-            "node {node}"
-        );
-        assert_eq!(
-            sim.order_status(node, &held_back)
-                .expect("everywhere")
-                .status,
-            OrderStatus::Filled,
-            "node {node}"
-        );
-    }
-    assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
+    sim.assert_converged(&[(&held_back, OrderStatus::Filled)]);
 }
 
 // ---- Voting rounds (issue 7) ---------------------------------------------------------------

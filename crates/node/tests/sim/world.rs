@@ -883,9 +883,15 @@ impl Sim {
                 delay += extra;
             }
         }
-        let at = (self.now + delay).max(self.last_delivery[from][to]);
-        self.last_delivery[from][to] = at;
         let epoch = self.links[from][to].epoch;
+        self.deliver_at(self.now + delay, from, to, epoch, message);
+    }
+
+    /// Queues `message` on the link `from -> to` (connection `epoch`) for `at`, or later:
+    /// never before the last message queued on that link (links are FIFO, as TCP is).
+    fn deliver_at(&mut self, at: u64, from: usize, to: usize, epoch: u64, message: Message) {
+        let at = at.max(self.last_delivery[from][to]);
+        self.last_delivery[from][to] = at;
         self.push(
             at,
             Ev::Deliver {
@@ -920,17 +926,7 @@ impl Sim {
                 self.report.dropped += 1;
             } else {
                 // TCP retransmits: the message arrives, in order, once the loss heals.
-                let at = end.max(self.now + 1);
-                self.last_delivery[from][to] = self.last_delivery[from][to].max(at);
-                self.push(
-                    at,
-                    Ev::Deliver {
-                        from,
-                        to,
-                        epoch,
-                        message,
-                    },
-                );
+                self.deliver_at(end.max(self.now + 1), from, to, epoch, message);
             }
             return None;
         }
