@@ -757,6 +757,20 @@ struct Cut {
     resume: Option<u64>,
 }
 
+/// The majority decision behind a recorded cut, kept so that a member can carry it again in
+/// a new `Evict` when every `Evict` that carried it here was void (rule 17).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Decision {
+    /// The target's incarnation.
+    incarnation: u64,
+    /// The round the votes were cast in.
+    round: u32,
+    /// The cut.
+    last_seq: u64,
+    /// The agreeing votes, sorted by voter.
+    votes: Vec<(NodeId, Signature)>,
+}
+
 impl Cut {
     fn drops(&self, seq: u64) -> bool {
         seq > self.last_seq && self.resume.is_none_or(|resume| seq < resume)
@@ -862,6 +876,12 @@ pub struct Engine {
     /// no vote of this node goes below it).
     max_announced: BTreeMap<NodeId, u64>,
     cuts: BTreeMap<NodeId, Cut>,
+    /// The decision behind each recorded cut (rule 17).
+    decisions: BTreeMap<NodeId, Decision>,
+    /// For each node that left the membership (left or evicted) and is not back: the epoch
+    /// its removal made current. A vote it cast while still a member keeps counting for a
+    /// decision about a target that was a member with it (rule 17).
+    departed: BTreeMap<NodeId, u64>,
     /// Unsettled events of a cut origin after its cut, delivered while no `Join` of it was
     /// known: void unless a `Join` ordered before them brings its resume point (rule 9).
     /// (Value: whether `on_delivered` already ran for it, delivered before its cut was known.)
@@ -967,6 +987,8 @@ impl Engine {
             vote_fetch_ms: BTreeMap::new(),
             max_announced: BTreeMap::new(),
             cuts: BTreeMap::new(),
+            decisions: BTreeMap::new(),
+            departed: BTreeMap::new(),
             limbo: BTreeMap::new(),
             pending_evicts: Vec::new(),
             pending_evicts_checked: 0,
@@ -2848,6 +2870,9 @@ impl Engine {
 
     fn on_void(&mut self, event: &Event) {
         self.events_delivered += 1;
+        if let EventBody::Evict { .. } = &event.body {
+            self.take_decision(event);
+        }
         if let EventBody::Place(order) = &event.body {
             self.has_orders = true;
             if event.origin == self.me
@@ -2940,26 +2965,36 @@ impl Engine {
                     self.resolve_limbo(*member);
                 }
             }
-            EventBody::Evict {
-                target,
-                last_seq,
-                epoch,
-                round,
-                votes,
-            } => match self.check_evict(&event.origin, target, *epoch, *round, *last_seq, votes) {
-                EvictCheck::Valid => self.record_cut(*target, *epoch, *last_seq),
-                EvictCheck::NotYet => {
-                    if self.pending_evicts.len() < MAX_PENDING_EVICTS {
-                        self.pending_evicts.push(event.clone());
-                    } else {
-                        tracing::warn!(target_node = %target.short(), "too many unchecked evictions pending; it is checked at its settled position");
-                    }
-                }
-                EvictCheck::Invalid(why) => {
-                    tracing::warn!(target_node = %target.short(), origin = %event.origin.short(), why, "ignoring an invalid eviction");
-                }
-            },
+            EventBody::Evict { .. } => self.take_decision(event),
             EventBody::Leave => {}
+        }
+    }
+
+    /// Records the decision an `Evict` carries, whether the event is ordinary or void (rule
+    /// 17): the votes are a majority's, whoever carried them.
+    fn take_decision(&mut self, event: &Event) {
+        let EventBody::Evict {
+            target,
+            last_seq,
+            epoch,
+            round,
+            votes,
+        } = &event.body
+        else {
+            return;
+        };
+        match self.check_evict(&event.origin, target, *epoch, *round, *last_seq, votes) {
+            EvictCheck::Valid => self.record_cut(*target, *epoch, *round, *last_seq, votes),
+            EvictCheck::NotYet => {
+                if self.pending_evicts.len() < MAX_PENDING_EVICTS {
+                    self.pending_evicts.push(event.clone());
+                } else {
+                    tracing::warn!(target_node = %target.short(), "too many unchecked evictions pending; it is checked at its settled position");
+                }
+            }
+            EvictCheck::Invalid(why) => {
+                tracing::warn!(target_node = %target.short(), origin = %event.origin.short(), why, "ignoring an invalid eviction");
+            }
         }
     }
 
@@ -3036,11 +3071,17 @@ impl Engine {
             return EvictCheck::Invalid("the target voted");
         }
         // A vote counts if its voter is a member and signed it in its current membership (a
-        // vote from a membership it has since lost, or not yet settled here, does not).
-        let counted = votes
+        // vote from a membership it has since lost, or not yet settled here, does not), or if
+        // its voter was a member alongside this incarnation of the target and has left since
+        // (rule 17): then the majority is taken over the members and those departed voters,
+        // a membership that existed while the votes were cast.
+        let departed_voter = |voter: &NodeId| {
+            !self.members.contains(voter) && self.departed.get(voter).is_some_and(|at| *at > epoch)
+        };
+        let counted: Vec<&NodeId> = votes
             .iter()
             .filter(|(voter, sig)| {
-                self.members.contains(voter)
+                (self.members.contains(voter) || departed_voter(voter))
                     && self.incarnation.get(voter).is_some_and(|voter_epoch| {
                         let transcript = peer_protocol::vote_transcript(
                             &self.config.network_id,
@@ -3053,8 +3094,10 @@ impl Engine {
                         peer_protocol::verify(voter, &transcript, sig).is_ok()
                     })
             })
-            .count();
-        if counted * 2 > self.members.len() {
+            .map(|(voter, _)| voter)
+            .collect();
+        let departed = counted.iter().filter(|voter| departed_voter(voter)).count();
+        if counted.len() * 2 > self.members.len() + departed {
             EvictCheck::Valid
         } else {
             EvictCheck::NotYet
@@ -3079,7 +3122,7 @@ impl Engine {
             };
             match self.check_evict(&event.origin, target, *epoch, *round, *last_seq, votes) {
                 EvictCheck::Valid => {
-                    self.record_cut(*target, *epoch, *last_seq);
+                    self.record_cut(*target, *epoch, *round, *last_seq, votes);
                     recorded = true;
                 }
                 EvictCheck::NotYet => self.pending_evicts.push(event),
@@ -3091,7 +3134,14 @@ impl Engine {
 
     /// Records a valid decision's cut (the first one for the target's incarnation wins; a
     /// different one is an error, counted and never applied).
-    fn record_cut(&mut self, target: NodeId, incarnation: u64, last_seq: u64) {
+    fn record_cut(
+        &mut self,
+        target: NodeId,
+        incarnation: u64,
+        round: u32,
+        last_seq: u64,
+        votes: &[(NodeId, Signature)],
+    ) {
         if let Some(cut) = self.cuts.get(&target)
             && cut.incarnation == incarnation
         {
@@ -3126,6 +3176,15 @@ impl Engine {
             resume,
         };
         self.cuts.insert(target, cut);
+        self.decisions.insert(
+            target,
+            Decision {
+                incarnation,
+                round,
+                last_seq,
+                votes: votes.to_vec(),
+            },
+        );
         self.suspects.remove(&target);
         // Its later events leave the log: their orders are rejected, on every node alike.
         let doomed: Vec<Key> = self
@@ -3245,6 +3304,61 @@ impl Engine {
         let keys: Vec<(NodeId, u64)> = self.votes.keys().copied().collect();
         for key in keys {
             self.decide(key, now, out);
+        }
+        self.reissue_orphaned_decisions(out);
+    }
+
+    /// Rule 17: a recorded decision whose target is still a member of that incarnation, with
+    /// no ordinary `Evict` carrying that cut left in the log here (every one was void: its
+    /// creator was cut too), is carried again in a new `Evict` of this node's, so that the
+    /// target still leaves the membership at one settled position on every node.
+    fn reissue_orphaned_decisions(&mut self, out: &mut Vec<Effect>) {
+        if self.phase() != Phase::Member {
+            return;
+        }
+        let candidates: Vec<(NodeId, Decision)> = self
+            .decisions
+            .iter()
+            .filter(|(target, decision)| {
+                **target != self.me
+                    && self.members.contains(target)
+                    && self.incarnation.get(target) == Some(&decision.incarnation)
+                    && self.cuts.get(target).is_some_and(|cut| {
+                        cut.incarnation == decision.incarnation && cut.last_seq == decision.last_seq
+                    })
+                    && self.delivered(target) >= decision.last_seq
+            })
+            .map(|(target, decision)| (*target, decision.clone()))
+            .collect();
+        for (target, decision) in candidates {
+            let carried = self.unsettled.iter().any(|(key, event)| {
+                !self.limbo.contains_key(key)
+                    && matches!(
+                        &event.body,
+                        EventBody::Evict { target: t, epoch, last_seq, .. }
+                            if *t == target
+                                && *epoch == decision.incarnation
+                                && *last_seq == decision.last_seq
+                    )
+            });
+            if carried {
+                continue;
+            }
+            tracing::warn!(
+                target_node = %target.short(),
+                last_seq = decision.last_seq,
+                "every Evict carrying a recorded decision was void here: carrying it again"
+            );
+            self.create(
+                EventBody::Evict {
+                    target,
+                    last_seq: decision.last_seq,
+                    epoch: decision.incarnation,
+                    round: decision.round,
+                    votes: decision.votes,
+                },
+                out,
+            );
         }
     }
 
@@ -3853,6 +3967,7 @@ impl Engine {
             EventBody::Join { member, .. } => {
                 if is_member && !self.members.contains(&member) {
                     self.members.insert(member);
+                    self.departed.remove(&member);
                     self.member_floor.insert(member, key.0);
                     self.epoch += 1;
                     self.incarnation.insert(member, self.epoch);
@@ -3871,6 +3986,7 @@ impl Engine {
                 if is_member && self.members.len() > 1 {
                     self.members.remove(&origin);
                     self.epoch += 1;
+                    self.departed.insert(origin, self.epoch);
                     self.membership_changed();
                     tracing::info!(member = %origin.short(), "member left");
                 }
@@ -3892,7 +4008,9 @@ impl Engine {
                     .is_some_and(|cut| cut.incarnation == epoch);
                 if !recorded {
                     match self.check_evict(&origin, &target, epoch, round, last_seq, &votes) {
-                        EvictCheck::Valid => self.record_cut(target, epoch, last_seq),
+                        EvictCheck::Valid => {
+                            self.record_cut(target, epoch, round, last_seq, &votes);
+                        }
                         EvictCheck::NotYet | EvictCheck::Invalid(_) => {
                             tracing::debug!(target_node = %target.short(), "a settled eviction that does not apply: no-op");
                         }
@@ -3908,6 +4026,7 @@ impl Engine {
                 {
                     self.member_floor.remove(&target);
                     self.epoch += 1;
+                    self.departed.insert(target, self.epoch);
                     self.evictions += 1;
                     self.membership_changed();
                     if target == self.me {

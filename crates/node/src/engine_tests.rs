@@ -2740,3 +2740,82 @@ fn a_returning_nodes_event_that_overtakes_its_join_waits_in_limbo() {
     assert!(sim.nodes[1].limbo.is_empty());
     sim.assert_converged(&[(&order, OrderStatus::Filled)]);
 }
+
+/// Two members decide against each other at once: node 1 carries the decision that evicts
+/// node 0, node 0 the one that evicts node 1, both signed by a majority (nodes 2 and 3 voted
+/// against both). Each `Evict` is an event after its creator's cut, so wherever the other
+/// decision is known first it is void. A decision is a fact signed by a majority whoever
+/// carries it: every node records both cuts, whichever copy arrives first, a member that
+/// holds a decision with no live `Evict` carrying it issues one, and every node evicts both
+/// at the same settled positions; both rejoin.
+#[test]
+fn two_members_deciding_against_each_other_converge() {
+    let mut sim = Sim::network(5);
+    sim.set_evict_after(2000);
+    sim.place(0, limit(Side::Sell, "100", "5")).expect("placed");
+    sim.place(1, limit(Side::Buy, "99", "1")).expect("placed");
+    sim.settle_all();
+    let (x, y) = (sim.id(0), sim.id(1));
+    let (nx, ny) = (sim.nodes[2].delivered(&x), sim.nodes[2].delivered(&y));
+    let (ex, ey) = (sim.nodes[2].incarnation[&x], sim.nodes[2].incarnation[&y]);
+    for node in 0..5 {
+        sim.partition(&[node]);
+    }
+    // Each voter's own vote, as if it had cast it (adopted back from a peer: it binds).
+    let decision = |sim: &mut Sim, target: usize, epoch: u64, n: u64, voters: [usize; 3]| {
+        let mut votes = Vec::new();
+        for voter in voters {
+            let (id, message) = round_vote_of(sim, voter, target, epoch, 0, n);
+            let Message::Vote { signature, .. } = &message else {
+                unreachable!("a vote")
+            };
+            votes.push((id, *signature));
+            // Relayed back to it by node 4, which keeps it to itself (it suspects nobody).
+            sim.connect(voter, 4);
+            sim.drain();
+            sim.deliver(4, voter, message);
+            sim.drain();
+            sim.partition(&[voter]);
+            assert!(
+                sim.nodes[voter]
+                    .my_votes
+                    .contains_key(&(sim.id(target), epoch))
+            );
+        }
+        votes.sort_by_key(|(voter, _)| *voter);
+        EventBody::Evict {
+            target: sim.id(target),
+            last_seq: n,
+            epoch,
+            round: 0,
+            votes,
+        }
+    };
+    let evict_x = decision(&mut sim, 0, ex, nx, [1, 2, 3]);
+    let evict_y = decision(&mut sim, 1, ey, ny, [0, 2, 3]);
+    for (creator, body) in [(1, evict_x), (0, evict_y)] {
+        let mut out = Vec::new();
+        sim.nodes[creator].create(body, &mut out).expect("created");
+        sim.effects(creator, out);
+        sim.input(creator, Input::Flush { now_ms: sim.now });
+    }
+    // Node 0's `Evict` reaches nodes 2 and 4 first, node 1's reaches node 3 first.
+    sim.connect(0, 2);
+    sim.connect(0, 4);
+    sim.drain();
+    sim.connect(1, 3);
+    sim.drain();
+    sim.heal();
+    sim.run_until(60_000, "nodes 0 and 1 are evicted and rejoin", |s| {
+        s.nodes
+            .iter()
+            .all(|n| n.phase() == Phase::Member && n.members().len() == 5 && n.evictions() == 2)
+    });
+    for node in 0..5 {
+        assert_eq!(sim.nodes[node].cuts[&x].last_seq, nx, "node {node}");
+        assert_eq!(sim.nodes[node].cuts[&y].last_seq, ny, "node {node}");
+    }
+    let order = sim.place(1, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.settle_all();
+    sim.assert_converged(&[(&order, OrderStatus::Filled)]);
+}
