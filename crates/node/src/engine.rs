@@ -54,7 +54,8 @@
 //!    `Evict { target, last_seq: N, epoch, round, votes }` (votes sorted by voter), unless it already
 //!    delivered one for that key. Duplicates are harmless.
 //! 6. Delivering a valid `Evict` (target a member of that incarnation, not its creator; votes
-//!    of distinct members other than the target, a majority, signatures valid) records the cut
+//!    of distinct members other than the target, a majority, signatures valid; also a void
+//!    one, rule 17) records the cut
 //!    `N` (a second decision with another `N` is an error, counted, never applied). The
 //!    target's unsettled events after `N` leave the log (their orders are `rejected` with
 //!    [`EVICTED_REASON`]) and later ones are delivered *void*: they advance its delivered seq,
@@ -201,6 +202,21 @@
 //!     vote is at least its ack. Rule 13's join at the blocking `N` alone was safe only while
 //!     the electorate stayed the same: chaos seed 21 (60 s) once cut 117 events its target had
 //!     settled, after a member that had acked past `N` joined at `N` and another member left.
+//! 17. A decision is a fact, whoever carries it. An `Evict` is an event of its creator, and
+//!     two members may decide against each other at once (each `Evict` then lies after its
+//!     creator's cut, void wherever the other decision is known first). So a void `Evict`
+//!     records its decision like an ordinary one (the votes are a majority's), and every node
+//!     ends with both cuts, in whichever order the copies arrive. A member that holds a
+//!     recorded decision whose target is still a member of that incarnation, with no ordinary
+//!     `Evict` carrying that cut left in its log (every copy was void), creates one carrying
+//!     the same votes: the target then leaves the membership at that `Evict`'s settled
+//!     position, the same on every node (rule 7). Such a copy may be checked after the other
+//!     target has left: a vote counts when its voter is a member, or left since the target's
+//!     incarnation began (its removal recorded in `departed`, its signature checked under its
+//!     last incarnation), and the majority is then taken over the members plus those departed
+//!     voters, a membership that existed when the votes were cast (one change apart from the
+//!     current one, so rule 16's quorum argument still holds). Test
+//!     `two_members_deciding_against_each_other_converge`.
 //!
 //! Known limits. Votes are never withdrawn: a vote that never becomes a decision caps its voter's
 //! acks for that incarnation for good, and only a decision (possibly after new rounds, rule 14)
@@ -219,10 +235,14 @@
 //! only once it is heard again (its acks keep counting, rule 11, and it votes, rule 15), not while
 //! it stays down. An evicted node's released votes cap its acks only until it is a member again: a
 //! node that has not yet settled its `Evict` then still counts its acks, uncapped, for events
-//! ordered before it (a window not seen in tests). Decisions take effect at delivery, not in log
-//! order: two members that decide against each other at the same time (each a majority in its own
-//! view) void each other's later events, the `Evict`s included, in whichever order they arrive, so
-//! two nodes may record different cuts and diverge (their digest gossip reports it). Limbo (rule 9)
+//! ordered before it (a window not seen in tests). Cuts are recorded at delivery, not in log
+//! order; membership changes at settled positions. Every node records every decision (rule 17),
+//! so the cuts agree as long as each incarnation has one decision: two different decisions for
+//! one key (the revival of rule 14) are recorded first-come, and the second is counted as an
+//! error and ignored, a divergence in the void events (digest gossip reports it). Taking the
+//! lower of the two would not close it: a node that knows only the higher one settles the
+//! target's events up to it without a majority (rule 12), which is what lets a target's
+//! events past the voters' first votes settle at all. Limbo (rule 9)
 //! trusts the first `Join` it sees: a `Join` whose sponsor is itself cut (void on nodes that hold
 //! that cut, delivered on the others) can sort the same event differently on two nodes; and a
 //! faulty returning node could stamp a new event below its own `Join`, which nodes that have the
