@@ -163,13 +163,7 @@
 //!     together); each voter is capped by its latest vote. `N` may also be what this node
 //!     settled of the target when votes below it block the events after it (sim seed 397: the
 //!     target's events past two equal votes settled with the acks of a member evicted since,
-//!     and the two capped voters are now half of the electorate). A pending joiner that voted
-//!     for the key before it was evicted is capped too (its released votes cap its acks until
-//!     it is a member again, rule 11): the votes of a voter that left since the target's
-//!     incarnation began stay in the vote table (tallies, rounds and decisions count members
-//!     only) so that this test counts it as capped. Without that, chaos seed 21 (60 s) stalled
-//!     for good: two of four members capped at 585, the evicted fifth (capped at 393) waiting
-//!     to rejoin with its `Join` ordered before the target's event 586, counted as uncapped.
+//!     and the two capped voters are now half of the electorate).
 //! 14. Voting rounds. Votes are never withdrawn, so votes split between values (voters that
 //!     held different amounts of the target's events, e.g. 8 and 12 among three members)
 //!     would cap every voter for good with no value ever winning. A round `r` is *complete*
@@ -3051,15 +3045,8 @@ impl Engine {
     fn membership_changed(&mut self) {
         let members = &self.members;
         let incarnation = &self.incarnation;
-        let departed = &self.departed;
         self.votes.retain(|(target, epoch), votes| {
-            // A voter that left since the target's incarnation began keeps its votes here: it
-            // is capped by them until it is a member again (its released votes, rule 11), and
-            // rule 13 must count it as capped while it is a pending joiner. Tallies count
-            // members only.
-            votes.retain(|(_, voter), _| {
-                members.contains(voter) || departed.get(voter).is_some_and(|at| at > epoch)
-            });
+            votes.retain(|(_, voter), _| members.contains(voter));
             members.contains(target) && incarnation.get(target) == Some(epoch) && !votes.is_empty()
         });
         self.suspects.retain(|m, _| members.contains(m));
@@ -3448,13 +3435,7 @@ impl Engine {
     fn max_round(&self, key: &(NodeId, u64)) -> u32 {
         self.votes
             .get(key)
-            .and_then(|votes| {
-                votes
-                    .keys()
-                    .filter(|(_, voter)| self.members.contains(voter))
-                    .map(|(round, _)| *round)
-                    .max()
-            })
+            .and_then(|votes| votes.keys().map(|(round, _)| *round).max())
             .unwrap_or(0)
     }
 
@@ -3592,12 +3573,7 @@ impl Engine {
                 })
                 .max();
             if let Some(blocking) = blocking {
-                let round = votes
-                    .keys()
-                    .filter(|(_, voter)| self.members.contains(voter))
-                    .map(|(round, _)| *round)
-                    .max()
-                    .unwrap_or(0);
+                let round = votes.keys().map(|(round, _)| *round).max().unwrap_or(0);
                 // Never below what this node acked (rule 16): if that is higher, the round
                 // splits and rule 14 brings the values together.
                 let last_seq = blocking.max(self.ack_floor(&target));
@@ -3651,12 +3627,7 @@ impl Engine {
                 // every member can vote it, and a majority of equal votes follows. Never below
                 // what this node settled or acked of the target either.
                 let settled = self.origins.get(&target).map_or(0, |st| st.settled);
-                let highest = votes
-                    .iter()
-                    .filter(|((_, voter), _)| self.members.contains(voter))
-                    .map(|(_, (seq, _))| *seq)
-                    .max()
-                    .unwrap_or(0);
+                let highest = votes.values().map(|(seq, _)| *seq).max().unwrap_or(0);
                 let q = highest.max(settled).max(self.ack_floor(&target));
                 let voted_next = self
                     .my_votes
@@ -3855,12 +3826,7 @@ impl Engine {
         // highest round anyone voted in: an earlier round was found complete without a
         // majority, and one that regains a majority after a membership change is not taken
         // here (rule 14).
-        let my_round = votes
-            .keys()
-            .filter(|(_, voter)| self.members.contains(voter))
-            .map(|(round, _)| *round)
-            .max()
-            .unwrap_or(0);
+        let my_round = votes.keys().map(|(round, _)| *round).max().unwrap_or(0);
         let Some((round, last_seq)) = tally
             .iter()
             .rev()
@@ -4021,12 +3987,7 @@ impl Engine {
             EventBody::Join { member, .. } => {
                 if is_member && !self.members.contains(&member) {
                     self.members.insert(member);
-                    if self.departed.remove(&member).is_some() {
-                        // Back with a new incarnation: its earlier votes cap it no more.
-                        for votes in self.votes.values_mut() {
-                            votes.retain(|(_, voter), _| *voter != member);
-                        }
-                    }
+                    self.departed.remove(&member);
                     self.member_floor.insert(member, key.0);
                     self.epoch += 1;
                     self.incarnation.insert(member, self.epoch);
