@@ -107,7 +107,10 @@
 //!     seq, so its own vote cannot be in a decision below it; pending joiners do not count
 //!     here: a returning joiner's acks may be left over from its previous membership), and when
 //!     this node is itself evicted its votes of that incarnation are released (never re-cast,
-//!     re-sent or adopted again). A node that did not vote acks a target with a recorded cut no
+//!     re-sent or adopted again; once it is a member again they are forgotten, and it votes
+//!     in its new incarnation like any member, also against a target it voted against before:
+//!     barred from that, a rejoined member could be the one vote a blocked target lacks, and
+//!     settlement stalled for good in a 60 s chaos run, seed 21). A node that did not vote acks a target with a recorded cut no
 //!     further than the cut. A node that learned of its own eviction keeps announcing its
 //!     frontier with acks until it is a member again, its released votes still capping them:
 //!     its `Evict` may settle here first, while elsewhere it is still in the electorate of the
@@ -3387,7 +3390,8 @@ impl Engine {
     fn vote(&mut self, target: NodeId, epoch: u64, now: u64, out: &mut Vec<Effect>) {
         let key = (target, epoch);
         if self.released_votes.contains_key(&key) {
-            // Cast in an earlier incarnation of this node: one vote per key, ever.
+            // Cast before this node's eviction, which has not settled here yet (rule 15 ends
+            // there): no new vote until it is a member again.
             return;
         }
         if self.my_votes.contains_key(&key) {
@@ -3997,6 +4001,11 @@ impl Engine {
                         for m in &self.members {
                             self.last_heard.insert(*m, self.now_ms);
                         }
+                        // The votes of our earlier incarnation cap nothing any more (rule 11)
+                        // and count nowhere (a vote signs its voter's incarnation): in this one
+                        // we are a voter like any other, also against a target we voted
+                        // against before.
+                        self.released_votes.clear();
                     }
                     self.membership_changed();
                     tracing::info!(member = %member.short(), by = %origin.short(), epoch = self.epoch, "member joined");

@@ -2819,3 +2819,69 @@ fn two_members_deciding_against_each_other_converge() {
     sim.settle_all();
     sim.assert_converged(&[(&order, OrderStatus::Filled)]);
 }
+
+/// A member that rejoined votes in its new incarnation, also against a target it voted against
+/// before its eviction. Node 3 voted against node 0, was evicted and rejoined; nodes 1 and 2
+/// then vote against node 0 too, capping their acks below node 0's next event, which only node
+/// 0 and node 3 can ack (two of four): the votes block it. Node 3 is the one vote the block
+/// lacks (rule 13); it used to be barred from voting on that key for good (its released vote),
+/// and settlement stalled (a 60 s chaos run, seed 21).
+#[test]
+fn a_rejoined_member_joins_a_vote_against_a_target_it_voted_against_before() {
+    let mut sim = Sim::network(4);
+    sim.set_evict_after(2000);
+    sim.place(1, limit(Side::Sell, "100", "5")).expect("placed");
+    sim.settle_all();
+    let target = sim.id(0);
+    let epoch = sim.nodes[1].incarnation[&target];
+    let k = sim.nodes[1].delivered(&target);
+    let (_, vote) = vote_of(&sim, 3, 0, epoch, k);
+    sim.deliver(1, 3, vote);
+    sim.drain();
+    assert!(sim.nodes[3].my_votes.contains_key(&(target, epoch)));
+    sim.partition(&[3]);
+    let returning = sim.id(3);
+    sim.run_until(20_000, "nodes 0 to 2 evict node 3", |s| {
+        s.nodes[..3]
+            .iter()
+            .all(|n| !n.members().contains(&returning))
+    });
+    sim.heal();
+    sim.run_until(30_000, "node 3 rejoins", |s| {
+        s.nodes
+            .iter()
+            .all(|n| n.phase() == Phase::Member && n.members().len() == 4)
+    });
+    let votes_before = sim.logs[3]
+        .iter()
+        .filter(|r| matches!(r, Record::Vote { .. }))
+        .count();
+    for (voter, from) in [(1, 2), (2, 1)] {
+        let (_, vote) = vote_of(&sim, voter, 0, epoch, k);
+        sim.deliver(from, voter, vote);
+    }
+    sim.drain();
+    let order = sim.place(0, limit(Side::Buy, "100", "1")).expect("placed");
+    sim.run_until(30_000, "node 0's order settles or is cut everywhere", |s| {
+        (0..4).all(|n| {
+            s.order_status(n, &order)
+                .is_some_and(|o| o.status != OrderStatus::Pending)
+        })
+    });
+    let votes_after = sim.logs[3]
+        .iter()
+        .filter(|r| matches!(r, Record::Vote { .. }))
+        .count();
+    assert!(
+        votes_after > votes_before,
+        "node 3 voted in its new incarnation"
+    );
+    sim.run_until(30_000, "node 0 is evicted and rejoins", |s| {
+        s.nodes
+            .iter()
+            .all(|n| n.evictions() == 2 && n.phase() == Phase::Member && n.members().len() == 4)
+    });
+    sim.settle_all();
+    let status = sim.order_status(1, &order).expect("on node 1").status;
+    sim.assert_converged(&[(&order, status)]);
+}
