@@ -221,6 +221,16 @@
 //!     current one, so rule 16's quorum argument still holds). Test
 //!     `two_members_deciding_against_each_other_converge`.
 //!
+//! Where a decision takes effect. The membership change is applied at the `Evict`'s settled
+//! position (rule 7), the same on every node. The cut is recorded when the decision is delivered
+//! and the target's events after it leave the log then: the same outcome as voiding them at the
+//! `Evict`'s position, since none of them can settle on any node before it (rule 12: settling one
+//! needs the acks of a majority, and a majority voted at or below the cut and acks no further),
+//! so the settled log, the books and the digests are the same either way; only the moment a
+//! client reads `rejected` differs. Waiting for the `Evict`'s position would stall instead: an
+//! event of the target after the cut that is ordered before the `Evict` never gathers its
+//! majority and would hold the settle loop in front of the `Evict` for good.
+//!
 //! Known limits. Votes are never withdrawn: a vote that never becomes a decision caps its voter's
 //! acks for that incarnation for good, and only a decision (possibly after new rounds, rule 14)
 //! ends it. A round needs every member but the target to vote: while a member is down, a split
