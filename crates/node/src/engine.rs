@@ -110,8 +110,8 @@
 //!     re-sent or adopted again; once it is a member again they are forgotten, and it votes
 //!     in its new incarnation like any member, also against a target it voted against before:
 //!     barred from that, a rejoined member could be the one vote a blocked target lacks, and
-//!     settlement stalled for good in a 60 s chaos run, seed 21). A node that did not vote acks a target with a recorded cut no
-//!     further than the cut. A node that learned of its own eviction keeps announcing its
+//!     settlement stalled for good in a 60 s chaos run, seed 21). A node that did not vote
+//!     acks a target with a recorded cut no further than the cut. A node that learned of its own eviction keeps announcing its
 //!     frontier with acks until it is a member again, its released votes still capping them:
 //!     its `Evict` may settle here first, while elsewhere it is still in the electorate of the
 //!     events ordered before that `Evict`, which may need its acks (chaos seed 21), and the
@@ -3400,8 +3400,8 @@ impl Engine {
     fn vote(&mut self, target: NodeId, epoch: u64, now: u64, out: &mut Vec<Effect>) {
         let key = (target, epoch);
         if self.released_votes.contains_key(&key) {
-            // Cast before this node's eviction, which has not settled here yet (rule 15 ends
-            // there): no new vote until it is a member again.
+            // Cast before this node's eviction, which settled here: no vote on this key until
+            // it is a member again (then its released votes are forgotten, rule 11).
             return;
         }
         if self.my_votes.contains_key(&key) {
