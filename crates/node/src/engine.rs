@@ -39,20 +39,18 @@
 //!    re-sends its stored vote instead of casting a new one, whether or not it still suspects
 //!    the target (while the key is current and undecided): a vote that never left before a
 //!    crash binds its voter all the same (rule 11), and the others need it to decide.
-//! 4. Votes are kept only for current members as voter and target (voter ≠ target) and the
-//!    target's current incarnation. A vote carries (and signs) its voter's own incarnation
-//!    and counts only while that is the voter's current one: a vote a node cast before it was
-//!    evicted (its votes are released then, rule 11) never counts again once it is back. A second, different vote of one voter for one key in one
-//!    round is equivocation: the first stays, it is counted, and the sender is flagged if it is
-//!    the voter.
-//!    New votes are relayed; votes for still-suspect targets are re-broadcast every
-//!    [`VOTE_REBROADCAST_MS`].
-//! 5. When votes of a majority of the current members (`> members / 2`) in one round agree
-//!    on one `last_seq = N` (the latest round with such a majority), a member that is not the
-//!    target, *still suspects it or voted against
-//!    it*, holds its events up to `N` and has settled none of its events after `N` creates
-//!    `Evict { target, last_seq: N, epoch, round, votes }` (votes sorted by voter), unless it already
-//!    delivered one for that key. Duplicates are harmless.
+//! 4. Votes are kept only for current members as voter and target (voter ≠ target) and the target's
+//!    current incarnation. A vote carries (and signs) its voter's own incarnation and counts only
+//!    while that is the voter's current one: a vote a node cast before it was evicted (its votes
+//!    are released then, rule 11) never counts again once it is back. A second, different vote of
+//!    one voter for one key in one round is equivocation: the first stays, it is counted, and the
+//!    sender is flagged if it is the voter. New votes are relayed; votes for still-suspect targets
+//!    are re-broadcast every [`VOTE_REBROADCAST_MS`].
+//! 5. When votes of a majority of the current members (`> members / 2`) in one round agree on one
+//!    `last_seq = N` (the latest round with such a majority), a member that is not the target,
+//!    *still suspects it or voted against it*, holds its events up to `N` and has settled none of
+//!    its events after `N` creates `Evict { target, last_seq: N, epoch, round, votes }` (votes
+//!    sorted by voter), unless it already delivered one for that key. Duplicates are harmless.
 //! 6. Delivering a valid `Evict` (target a member of that incarnation, not its creator; votes
 //!    of distinct members other than the target, a majority, signatures valid; also a void
 //!    one, rule 17) records the cut
@@ -96,33 +94,32 @@
 //! 10. A node back within `evict_after_ms` (a quick restart) is simply caught up. A
 //!     (re)connecting member is not suspect any more, so stale votes are not acted on.
 //!
-//! 11. Acks, and votes as promises. Every frontier carries the signer's *acks*: for each
-//!     current member and pending joiner, the highest seq of it delivered here. After voting
-//!     `(target, incarnation, N)` (cast, restored from the log, or our own vote adopted back
-//!     from a peer; with several rounds, `N` is its lowest vote, its first, rule 16) a node
-//!     never acks the target beyond `N` until that incarnation ends (the
-//!     `Evict` applied, or the target back with a new incarnation), with two refinements: it
-//!     may ack as far as a majority of the *members* acks *without it* (any decision's voters,
-//!     a majority of the members, then include one of those ackers, whose vote is at least that
-//!     seq, so its own vote cannot be in a decision below it; pending joiners do not count
-//!     here: a returning joiner's acks may be left over from its previous membership), and when
-//!     this node is itself evicted its votes of that incarnation are released (never re-cast,
-//!     re-sent or adopted again; once it is a member again they are forgotten, and it votes
-//!     in its new incarnation like any member, also against a target it voted against before:
-//!     barred from that, a rejoined member could be the one vote a blocked target lacks, and
-//!     settlement stalled for good in a 60 s chaos run, seed 21). A node that did not vote
-//!     acks a target with a recorded cut no further than the cut. A node that learned of its own eviction keeps announcing its
-//!     frontier with acks until it is a member again, its released votes still capping them:
-//!     its `Evict` may settle here first, while elsewhere it is still in the electorate of the
-//!     events ordered before that `Evict`, which may need its acks (chaos seed 21), and the
-//!     others keep counting them there (only its events after the cut are void; its acks are
-//!     honest statements of what it holds). A member announces when its acks move, like when
-//!     `(seq, lamport)` moves (same [`EngineConfig::frontier_min_interval_ms`] coalescing).
-//!     Receivers keep, per origin, the acks of its verified frontiers merged by maximum (acks only
-//!     grow; its frontier `seq` is its own ack), and a frontier is news (verified, kept, relayed)
-//!     if its lamport is higher than the highest announced, or equal and it raises any ack held:
-//!     the merged view's ack total grows (a total over one frontier alone would shrink when a
-//!     member leaves the list, and hide news).
+//! 11. Acks, and votes as promises. Every frontier carries the signer's *acks*: for each current
+//!     member and pending joiner, the highest seq of it delivered here. After voting `(target,
+//!     incarnation, N)` (cast, restored from the log, or our own vote adopted back from a peer;
+//!     with several rounds, `N` is its lowest vote, its first, rule 16) a node never acks the
+//!     target beyond `N` until that incarnation ends (the `Evict` applied, or the target back with
+//!     a new incarnation), with two refinements: it may ack as far as a majority of the *members*
+//!     acks *without it* (any decision's voters, a majority of the members, then include one of
+//!     those ackers, whose vote is at least that seq, so its own vote cannot be in a decision below
+//!     it; pending joiners do not count here: a returning joiner's acks may be left over from its
+//!     previous membership), and when this node is itself evicted its votes of that incarnation are
+//!     released (never re-cast, re-sent or adopted again; once it is a member again they are
+//!     forgotten, and it votes in its new incarnation like any member, also against a target it
+//!     voted against before: barred from that, a rejoined member could be the one vote a blocked
+//!     target lacks, and settlement stalled for good in a 60 s chaos run, seed 21). A node that did
+//!     not vote acks a target with a recorded cut no further than the cut. A node that learned of
+//!     its own eviction keeps announcing its frontier with acks until it is a member again, its
+//!     released votes still capping them: its `Evict` may settle here first, while elsewhere it is
+//!     still in the electorate of the events ordered before that `Evict`, which may need its acks
+//!     (chaos seed 21), and the others keep counting them there (only its events after the cut are
+//!     void; its acks are honest statements of what it holds). A member announces when its acks
+//!     move, like when `(seq, lamport)` moves (same [`EngineConfig::frontier_min_interval_ms`]
+//!     coalescing). Receivers keep, per origin, the acks of its verified frontiers merged by
+//!     maximum (acks only grow; its frontier `seq` is its own ack), and a frontier is news
+//!     (verified, kept, relayed) if its lamport is higher than the highest announced, or equal and
+//!     it raises any ack held: the merged view's ack total grows (a total over one frontier alone
+//!     would shrink when a member leaves the list, and hide news).
 //! 12. Majority-held settlement. An event `(origin, seq)` settles only when, besides
 //!     `lamport <= S`, a majority (`> n / 2`) of the *electorate* acks `seq` or more for its
 //!     origin. The electorate is the current members plus the nodes admitted by delivered,
