@@ -21,11 +21,13 @@
 //! `SIM_SEED=s` replays one with tracing logs (`RUST_LOG` to filter, default `info`;
 //! `RUST_LOG=info,sim=debug` also logs every delivered message):
 //! `SIM_SEED=17 cargo test -p node --test sim -- --nocapture simulated_fault_schedules`.
-//! Two harsher modes are off by default because the engine does not pass them yet:
-//! `SIM_LOSSY=1` (one-way loss drops messages on a live connection instead of stalling it
-//! as TCP does) and `SIM_JOIN_FAULTS=1` (faults while the network forms). Majority eviction
-//! is on in the odd seeds' schedules (partitions twice as long, so majorities evict);
-//! `SIM_EVICT=1` or `0` forces it on or off for every seed.
+//! Majority eviction is on in the odd seeds' schedules (partitions twice as long, so
+//! majorities evict); `SIM_EVICT=1` or `0` forces it on or off for every seed. Lossy links
+//! (one-way loss drops messages on a live connection, as on the runtime's RPC links, instead
+//! of stalling it as TCP does; nodes repeat their `NetworkInfo` there as the runtime does) are
+//! on in every third schedule (seeds `3k + 2`); `SIM_LOSSY=1` or `0` forces them. One harsher
+//! mode is off by default because the engine does not pass it yet: `SIM_JOIN_FAULTS=1`
+//! (faults while the network forms).
 
 /// The simulator, split in `tests/sim/`.
 mod sim {
@@ -48,10 +50,14 @@ use rust_decimal::Decimal;
 use sim::schedule::{Fault, FaultCounts, Schedule};
 use sim::world::{Failure, Report, Sim};
 
-/// How one seed is replayed.
+/// How one seed is replayed (with the mode variables this run was given).
 fn replay_hint(seed: u64) -> String {
+    let modes: String = ["SIM_EVICT", "SIM_LOSSY", "SIM_JOIN_FAULTS"]
+        .iter()
+        .filter_map(|name| env_u64(name).map(|v| format!("{name}={v} ")))
+        .collect();
     format!(
-        "SIM_SEED={seed} cargo test -p node --test sim -- --nocapture simulated_fault_schedules"
+        "{modes}SIM_SEED={seed} cargo test -p node --test sim -- --nocapture simulated_fault_schedules"
     )
 }
 
@@ -75,19 +81,22 @@ fn run_seed(seed: u64) -> Result<Report, Failure> {
 }
 
 /// The random schedule of a seed, with the modes the environment turns on:
-/// `SIM_LOSSY=1` (one-way loss drops messages on a live connection, see `Schedule::lossy`),
 /// `SIM_JOIN_FAULTS=1` (faults while the network forms, see
 /// `Schedule::join_under_faults`); eviction (partitions twice as long, see `Schedule::evict`)
-/// in odd seeds, or as `SIM_EVICT=0/1` says.
+/// in odd seeds, or as `SIM_EVICT=0/1` says; lossy links (see `Schedule::lossy`) in seeds
+/// `3k + 2`, or as `SIM_LOSSY=0/1` says.
 fn schedule(seed: u64) -> Schedule {
-    // Half of the schedules (odd seeds) run with majority eviction on; `SIM_EVICT=0/1` forces it.
-    schedule_with(seed, env_u64("SIM_EVICT").map_or(seed % 2 == 1, |v| v != 0))
+    schedule_with(
+        seed,
+        env_u64("SIM_EVICT").map_or(seed % 2 == 1, |v| v != 0),
+        env_u64("SIM_LOSSY").map_or(seed % 3 == 2, |v| v != 0),
+    )
 }
 
-/// The schedule of `seed`, eviction on or off as `evict` says.
-fn schedule_with(seed: u64, evict: bool) -> Schedule {
+/// The schedule of `seed`, eviction and lossy links on or off as `evict` and `lossy` say.
+fn schedule_with(seed: u64, evict: bool, lossy: bool) -> Schedule {
     let mut schedule = Schedule::random(seed);
-    schedule.lossy = env_u64("SIM_LOSSY").is_some_and(|v| v != 0);
+    schedule.lossy = lossy;
     schedule.join_under_faults = env_u64("SIM_JOIN_FAULTS").is_some_and(|v| v != 0);
     schedule.evict = evict;
     if schedule.evict {
@@ -188,12 +197,12 @@ fn simulated_fault_schedules() {
 /// member that could complete a blocking vote had learned of its own eviction and did not
 /// vote), 397 (two equal votes below events that settled while an evicted member still acked
 /// them block the target once that member is gone). Replay one with
-/// `SIM_EVICT=1 SIM_SEED=<seed>`.
+/// `SIM_EVICT=1 SIM_LOSSY=0 SIM_SEED=<seed>`.
 #[test]
 fn eviction_stall_regressions() {
     let mut failures = Vec::new();
     for seed in [397, 514, 556, 769, 1514] {
-        let schedule = schedule_with(seed, true);
+        let schedule = schedule_with(seed, true, false);
         match Sim::new(schedule).run() {
             Ok(report) => assert!(report.evictions > 0, "seed {seed} evicted nobody"),
             Err(failure) => failures.push(format!(

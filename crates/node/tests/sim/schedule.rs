@@ -24,7 +24,8 @@ pub struct Schedule {
     /// retransmits) and arrives in order when the loss heals, and a loss longer than the
     /// transport's idle timeout closes the connection until it heals. `true`: messages are
     /// silently dropped while the connection stays up (a lossy link such as the Grenache
-    /// RPC fallback); `SIM_LOSSY=1` turns it on.
+    /// RPC fallback), and nodes repeat their `NetworkInfo` on their links every 2 s, as the
+    /// runtime does on RPC links. On in seeds `3k + 2`; `SIM_LOSSY=0/1` forces it.
     pub lossy: bool,
     /// Faults start with the nodes, while they found and join the network, rather than
     /// once it has formed. Off by default: the engine does not survive it yet (see the

@@ -33,6 +33,8 @@ const IDLE_TIMEOUT_MS: u64 = 500;
 const MAX_BURST: usize = 64;
 /// An upper bound on processed events per run: a message storm fails instead of hanging.
 const MAX_EVENTS: u64 = 5_000_000;
+/// How often a node repeats its `NetworkInfo` on lossy links (the runtime's RPC links: 2 s).
+const INFO_REPEAT_MS: u64 = 2_000;
 
 /// A check failed: which one (1-5 as in issue 7, 0 for anything else) and what happened.
 #[derive(Debug, Clone)]
@@ -177,6 +179,8 @@ struct Slot {
     tick_ms: u64,
     /// A pending crash inside the next iteration: how long the node then stays down.
     torn_crash: Option<u64>,
+    /// Sim time of the node's last `NetworkInfo` repeat on its links (lossy mode).
+    last_info_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,6 +265,7 @@ impl Sim {
                     boot_ms: 0,
                     tick_ms: crash_rng.range(10, 50),
                     torn_crash: None,
+                    last_info_ms: 0,
                 }
             })
             .collect();
@@ -585,6 +590,7 @@ impl Sim {
                 if self.slots[node].boot == boot && self.slots[node].engine.is_some() {
                     let now_ms = self.local_now(node);
                     self.iterate(node, vec![Input::Tick { now_ms }]);
+                    self.repeat_network_info(node);
                     let slot = &self.slots[node];
                     let jitter = self.crash_rng.range(0, slot.tick_ms / 4);
                     let at = self.now + slot.tick_ms + jitter;
@@ -856,6 +862,29 @@ impl Sim {
     }
 
     // ---- Links ---------------------------------------------------------------------------
+
+    /// On lossy links (see [`Schedule::lossy`]) the node repeats its `NetworkInfo` every
+    /// [`INFO_REPEAT_MS`] on every live link, as the runtime does on its RPC links: a lost
+    /// handshake would otherwise leave the peer ignoring this node's log messages for the
+    /// whole connection.
+    fn repeat_network_info(&mut self, node: usize) {
+        if !self.schedule.lossy || self.now < self.slots[node].last_info_ms + INFO_REPEAT_MS {
+            return;
+        }
+        self.slots[node].last_info_ms = self.now;
+        let Some(info) = self.slots[node]
+            .engine
+            .as_ref()
+            .map(|engine| engine.network_info_message())
+        else {
+            return;
+        };
+        for to in (0..self.slots.len()).filter(|to| *to != node) {
+            if self.links[node][to].up {
+                self.send(node, to, info.clone());
+            }
+        }
+    }
 
     fn send(&mut self, from: usize, to: usize, message: Message) {
         if !self.links[from][to].up {
