@@ -2336,7 +2336,27 @@ impl Engine {
             }
             Some(ours) => {
                 if self.genesis.is_none() {
-                    // Still joining: keep the first network found.
+                    // Still joining: keep the network found first while a connected peer still
+                    // belongs to it. One that none does any more (its founder crashed and gave
+                    // way to another network, say) is dropped for this one: a node that has
+                    // not joined yet has nothing to lose.
+                    let target_reachable = self
+                        .peers
+                        .iter()
+                        .any(|(id, p)| *id != from && p.genesis == Some(Some(ours)));
+                    if !target_reachable {
+                        tracing::info!(
+                            dropped = %hex(&ours),
+                            genesis = %hex(&theirs),
+                            peer = %from.short(),
+                            "no peer of the network being joined is left: joining this one"
+                        );
+                        self.wipe(theirs, out);
+                        out.push(Effect::Send {
+                            to: from,
+                            message: self.sync_request(),
+                        });
+                    }
                     return;
                 }
                 // A network with orders or with more than one member is never wiped (other

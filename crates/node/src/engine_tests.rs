@@ -2885,3 +2885,36 @@ fn a_rejoined_member_joins_a_vote_against_a_target_it_voted_against_before() {
     let status = sim.order_status(1, &order).expect("on node 1").status;
     sim.assert_converged(&[(&order, status)]);
 }
+
+/// A node that started joining a network whose every node is gone from its view (its founder
+/// crashed, say) joins the network it meets next instead of waiting for the first one forever
+/// (found with `SIM_JOIN_FAULTS=1`, seed 29).
+#[test]
+fn a_joining_node_whose_network_is_gone_joins_the_one_it_meets() {
+    let mut sim = Sim::with_founders(3, |i| i == 0 || i == 2);
+    sim.tick(1);
+    let (first, other) = (
+        sim.nodes[0].genesis().expect("founded"),
+        sim.nodes[2].genesis().expect("founded"),
+    );
+    sim.connect(0, 1);
+    // Only node 0's `NetworkInfo` reaches node 1: it starts joining node 0's network...
+    let info = sim
+        .queue
+        .iter()
+        .position(|(from, to, m)| {
+            (*from, *to) == (0, 1) && matches!(m, Message::NetworkInfo { .. })
+        })
+        .expect("node 0 introduces itself");
+    let (from, to, message) = sim.queue.remove(info).expect("queued");
+    sim.deliver(from, to, message);
+    assert_eq!(sim.nodes[1].phase(), Phase::Joining);
+    assert_eq!(sim.nodes[1].target_genesis, Some(first));
+    // ...then node 0 is gone, and node 1 meets node 2.
+    sim.partition(&[0]);
+    sim.connect(1, 2);
+    sim.run_until(10_000, "node 1 joins node 2's network", |s| {
+        s.nodes[1].phase() == Phase::Member && s.nodes[1].genesis() == Some(other)
+    });
+    assert_eq!(sim.nodes[2].members().len(), 2);
+}
