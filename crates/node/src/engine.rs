@@ -211,12 +211,15 @@
 //!     `Evict` carrying that cut left in its log (every copy was void), creates one carrying
 //!     the same votes: the target then leaves the membership at that `Evict`'s settled
 //!     position, the same on every node (rule 7). Such a copy may be checked after the other
-//!     target has left: a vote counts when its voter is a member, or left since the target's
-//!     incarnation began (its removal recorded in `departed`, its signature checked under its
-//!     last incarnation), and the majority is then taken over the members plus those departed
-//!     voters, a membership that existed when the votes were cast (one change apart from the
-//!     current one, so rule 16's quorum argument still holds). Test
-//!     `two_members_deciding_against_each_other_converge`.
+//!     target has left: a vote counts when its voter is a member, or is the one member that
+//!     left since the target's incarnation began (its removal recorded in `departed`, its
+//!     signature checked under its last incarnation), and the majority is then taken over the
+//!     members plus that one, the membership the votes were cast in (one change apart from the
+//!     current one, so rule 16's quorum argument still holds; after two departures only
+//!     members' votes count, as before). Test `two_members_deciding_against_each_other_converge`
+//!     (the recording and re-issuing; the departed count is not reached there). Also, a
+//!     [`Record::Vote`] is written after the settled marker of the membership it was cast in
+//!     (replay must see a rejoin before the vote of the rejoined node).
 //!
 //! Where a decision takes effect. The membership change is applied at the `Evict`'s settled
 //! position (rule 7), the same on every node. The cut is recorded when the decision is delivered
@@ -832,6 +835,8 @@ pub struct Engine {
     // Network.
     genesis: Option<([u8; 32], NodeId)>,
     target_genesis: Option<[u8; 32]>,
+    /// Peers that told us they belong to `target_genesis` while we join it.
+    target_reporters: BTreeSet<NodeId>,
     members: BTreeSet<NodeId>,
     /// For members admitted by a `Join`: its lamport (their frontier floor).
     member_floor: BTreeMap<NodeId, u64>,
@@ -969,6 +974,7 @@ impl Engine {
             market_hash,
             genesis: None,
             target_genesis: None,
+            target_reporters: BTreeSet::new(),
             members: BTreeSet::new(),
             member_floor: BTreeMap::new(),
             pending_joins: BTreeMap::new(),
@@ -1868,6 +1874,24 @@ impl Engine {
                 }
             }
         }
+        self.persist_settled(out);
+        self.maybe_announce(now_ms, false, out);
+    }
+
+    /// Persists the settled position if it moved since the last marker. Also written right
+    /// before a [`Record::Vote`]: a vote belongs to the membership settled when it was cast, and
+    /// replay must see the settled events first (a vote of a node that just rejoined, written
+    /// before the marker covering its `Evict` and `Join`, would be replayed into the
+    /// incarnation it had before and dropped with it).
+    fn persist_settled(&mut self, out: &mut Vec<Effect>) {
+        // Never ahead of this node's own events not yet written (they are, at the flush).
+        if self
+            .local
+            .iter()
+            .any(|e| Some((e.lamport, e.origin, e.seq)) <= self.settled_key)
+        {
+            return;
+        }
         if self.settled_key != self.persisted_settled
             && let Some((lamport, origin, seq)) = self.settled_key
         {
@@ -1878,7 +1902,6 @@ impl Engine {
             }));
             self.persisted_settled = self.settled_key;
         }
-        self.maybe_announce(now_ms, false, out);
     }
 
     fn maybe_announce(&mut self, now_ms: u64, heartbeat: bool, out: &mut Vec<Effect>) {
@@ -2336,15 +2359,18 @@ impl Engine {
             }
             Some(ours) => {
                 if self.genesis.is_none() {
-                    // Still joining: keep the network found first while a connected peer still
-                    // belongs to it. One that none does any more (its founder crashed and gave
-                    // way to another network, say) is dropped for this one: a node that has
-                    // not joined yet has nothing to lose.
+                    // Still joining: keep the network found first, unless a node that told us
+                    // it belongs to it now belongs to another (that network gave way: its lone
+                    // founder wiped it, or lost it in a crash and joined elsewhere) and no
+                    // connected peer still belongs to it. A node that has not joined yet has
+                    // nothing to lose. (Not on mere silence: a sponsor that admitted us may
+                    // only be unreachable, and leaving would strand it with a ghost member.)
+                    let gave_way = self.target_reporters.contains(&from);
                     let target_reachable = self
                         .peers
                         .iter()
                         .any(|(id, p)| *id != from && p.genesis == Some(Some(ours)));
-                    if !target_reachable {
+                    if gave_way && !target_reachable {
                         tracing::info!(
                             dropped = %hex(&ours),
                             genesis = %hex(&theirs),
@@ -2352,6 +2378,7 @@ impl Engine {
                             "no peer of the network being joined is left: joining this one"
                         );
                         self.wipe(theirs, out);
+                        self.target_reporters.insert(from);
                         out.push(Effect::Send {
                             to: from,
                             message: self.sync_request(),
@@ -2389,6 +2416,9 @@ impl Engine {
                     });
                 }
             }
+        }
+        if self.genesis.is_none() && self.target_genesis == Some(theirs) {
+            self.target_reporters.insert(from);
         }
     }
 
@@ -3125,9 +3155,18 @@ impl Engine {
         // its voter was a member alongside this incarnation of the target and has left since
         // (rule 17): then the majority is taken over the members and those departed voters,
         // a membership that existed while the votes were cast.
-        let departed_voter = |voter: &NodeId| {
-            !self.members.contains(voter) && self.departed.get(voter).is_some_and(|at| *at > epoch)
-        };
+        // Only across one departure: the members plus the one that left then were the
+        // membership the votes were cast in (rule 16's quorum argument holds across one
+        // change; with two, votes of two departed members could make a majority of no
+        // membership that ever was, and cut what the current one settled).
+        let departed_since: Vec<&NodeId> = self
+            .departed
+            .iter()
+            .filter(|(node, at)| **at > epoch && !self.members.contains(node))
+            .map(|(node, _)| node)
+            .collect();
+        let departed_voter =
+            |voter: &NodeId| departed_since.len() == 1 && departed_since[0] == voter;
         let counted: Vec<&NodeId> = votes
             .iter()
             .filter(|(voter, sig)| {
@@ -3532,6 +3571,7 @@ impl Engine {
             .entry(key)
             .or_default()
             .insert(round, last_seq);
+        self.persist_settled(out);
         out.push(Effect::Persist(Record::Vote {
             target,
             epoch,
@@ -3808,6 +3848,7 @@ impl Engine {
                 .entry(key)
                 .or_default()
                 .insert(round, last_seq);
+            self.persist_settled(out);
             out.push(Effect::Persist(Record::Vote {
                 target,
                 epoch,
