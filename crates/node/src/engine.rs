@@ -237,7 +237,11 @@
 //! among the others waits for it (a stall, never a divergence). Each node counts rounds in the
 //! membership it has settled: nodes at different epochs may compute different `q`s and split the
 //! next round too, until their memberships agree; a change of two or more members while a round is
-//! dead is not covered by rule 14's argument (see the revival case there). Rule 11's refinement
+//! dead is not covered by rule 14's argument (see the revival case there). A member that
+//! rejoined votes in its new incarnation (rule 11), while a node that has not settled its rejoin
+//! yet still counts the vote it cast before its eviction: the two may differ, one more case of
+//! nodes at different epochs deciding differently (before, such a member could not vote again
+//! on that key at all, which stalled settlement for good). Rule 11's refinement
 //! lets a capped voter ack past its vote while a majority of the members, the target included, acks
 //! further: that is safe in one membership and, with rule 16, across a one-member change; two
 //! changes while a vote is open are not covered. Rule 13 judges the block by the `Join`s this node
