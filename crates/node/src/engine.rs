@@ -3057,6 +3057,24 @@ impl Engine {
     /// Records the decision an `Evict` carries, whether the event is ordinary or void (rule
     /// 17): the votes are a majority's, whoever carried them.
     fn take_decision(&mut self, event: &Event) {
+        match self.check_and_record(event) {
+            EvictCheck::Valid => {}
+            EvictCheck::NotYet => {
+                if self.pending_evicts.len() < MAX_PENDING_EVICTS {
+                    self.pending_evicts.push(event.clone());
+                } else {
+                    tracing::warn!(origin = %event.origin.short(), "too many unchecked evictions pending; it is checked at its settled position");
+                }
+            }
+            EvictCheck::Invalid(why) => {
+                tracing::warn!(origin = %event.origin.short(), seq = event.seq, why, "ignoring an invalid eviction");
+            }
+        }
+    }
+
+    /// Checks an `Evict` event against the current membership and records its cut if it is
+    /// valid; returns the check.
+    fn check_and_record(&mut self, event: &Event) -> EvictCheck {
         let EventBody::Evict {
             target,
             last_seq,
@@ -3065,21 +3083,13 @@ impl Engine {
             votes,
         } = &event.body
         else {
-            return;
+            return EvictCheck::Invalid("not an eviction");
         };
-        match self.check_evict(&event.origin, target, *epoch, *round, *last_seq, votes) {
-            EvictCheck::Valid => self.record_cut(*target, *epoch, *round, *last_seq, votes),
-            EvictCheck::NotYet => {
-                if self.pending_evicts.len() < MAX_PENDING_EVICTS {
-                    self.pending_evicts.push(event.clone());
-                } else {
-                    tracing::warn!(target_node = %target.short(), "too many unchecked evictions pending; it is checked at its settled position");
-                }
-            }
-            EvictCheck::Invalid(why) => {
-                tracing::warn!(target_node = %target.short(), origin = %event.origin.short(), why, "ignoring an invalid eviction");
-            }
+        let check = self.check_evict(&event.origin, target, *epoch, *round, *last_seq, votes);
+        if let EvictCheck::Valid = check {
+            self.record_cut(*target, *epoch, *round, *last_seq, votes);
         }
+        check
     }
 
     // ---- Eviction -----------------------------------------------------------------------
@@ -3203,21 +3213,8 @@ impl Engine {
         let pending = std::mem::take(&mut self.pending_evicts);
         let mut recorded = false;
         for event in pending {
-            let EventBody::Evict {
-                target,
-                last_seq,
-                epoch,
-                round,
-                votes,
-            } = &event.body
-            else {
-                continue;
-            };
-            match self.check_evict(&event.origin, target, *epoch, *round, *last_seq, votes) {
-                EvictCheck::Valid => {
-                    self.record_cut(*target, *epoch, *round, *last_seq, votes);
-                    recorded = true;
-                }
+            match self.check_and_record(&event) {
+                EvictCheck::Valid => recorded = true,
                 EvictCheck::NotYet => self.pending_evicts.push(event),
                 EvictCheck::Invalid(_) => {}
             }
