@@ -572,7 +572,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             ),
             (
                 "p2p_exchange_equivocations",
-                "equivocating eviction votes and conflicting eviction decisions",
+                "equivocating eviction votes, conflicting eviction decisions and origins caught signing two events with one seq",
                 e.equivocations,
             ),
         ];

@@ -231,6 +231,13 @@
 //! event of the target after the cut that is ordered before the `Evict` never gathers its
 //! majority and would hold the settle loop in front of the `Evict` for good.
 //!
+//! Equivocating origins. An origin that signs two different events with one seq is caught when
+//! a batch of the second version reaches a node that delivered the first: counted in
+//! `equivocations`, reported once, the origin scored down ([`PeerInput::Equivocation`]). Each
+//! node keeps the version it delivered first, so an equivocating origin can still make nodes
+//! diverge (their digest gossip shows it); versions that arrive only inside anti-entropy
+//! responses are not compared.
+//!
 //! Known limits. Votes are never withdrawn: a vote that never becomes a decision caps its voter's
 //! acks for that incarnation for good, and only a decision (possibly after new rounds, rule 14)
 //! ends it. A round needs every member but the target to vote: while a member is down, a split
@@ -448,6 +455,15 @@ pub enum PeerInput {
     },
     /// The peer (whose signature over the join transcript was checked) asks to be admitted.
     JoinRequest,
+    /// Proof that `origin` signed two different events with one seq: a batch with a valid
+    /// signature of `origin` that differs at `seq` from the event delivered here. (The sender
+    /// may be a relay; the batch itself is dropped, the delivered event stays.)
+    Equivocation {
+        /// The origin that signed both.
+        origin: NodeId,
+        /// The first seq at which they differ.
+        seq: u64,
+    },
     /// A member's vote to evict another (its signature already checked; the sender may be a
     /// relay, not the voter).
     Vote {
@@ -727,8 +743,9 @@ pub struct EngineStatus {
     pub settlement_lag: u64,
     /// How long settlement has not advanced while events are pending (0 when nothing is).
     pub stalled_ms: u64,
-    /// Equivocating votes seen (a second, different vote of one voter for one target) and
-    /// conflicting eviction decisions (another `last_seq` for a decided target).
+    /// Equivocating votes seen (a second, different vote of one voter for one target),
+    /// conflicting eviction decisions (another `last_seq` for a decided target) and origins
+    /// caught signing two different events with one seq.
     pub equivocations: u64,
 }
 
@@ -896,6 +913,8 @@ pub struct Engine {
     incarnation: BTreeMap<NodeId, u64>,
     evictions: u64,
     equivocations: u64,
+    /// Origins caught signing two different events with one seq (reported once each).
+    equivocators: BTreeSet<NodeId>,
     /// Member -> engine time of the last new event or frontier of it.
     last_heard: BTreeMap<NodeId, u64>,
     suspects: BTreeMap<NodeId, Suspect>,
@@ -1019,6 +1038,7 @@ impl Engine {
             incarnation: BTreeMap::new(),
             evictions: 0,
             equivocations: 0,
+            equivocators: BTreeSet::new(),
             last_heard: BTreeMap::new(),
             suspects: BTreeMap::new(),
             votes: BTreeMap::new(),
@@ -1105,6 +1125,29 @@ impl Engine {
         // Events after an eviction's cut are delivered too (as void), so every node holds the
         // evicted node's orders and can say they were rejected.
         last_seq > self.origins.get(origin).map_or(0, |st| st.delivered)
+    }
+
+    /// For a batch whose events were all delivered here: the first seq at which it differs
+    /// from the batches held (none for a copy of one of them, the common case: an honest
+    /// origin signs each event once, in batches it never re-cuts, and ed25519 signatures are
+    /// deterministic, so a copy has the same signature).
+    fn conflicting_seq(&self, batch: &SignedBatch) -> Option<u64> {
+        let held = &self.origins.get(&batch.origin())?.batches;
+        // Held batches are disjoint and in seq order: the last one starting at or before it.
+        let at = held.partition_point(|b| b.first_seq() <= batch.first_seq());
+        let same = held.get(at.checked_sub(1)?)?;
+        if same.first_seq() == batch.first_seq()
+            && same.last_seq() == batch.last_seq()
+            && same.signature() == batch.signature()
+        {
+            return None;
+        }
+        batch.events().iter().find_map(|event| {
+            let at = held.partition_point(|b| b.first_seq() <= event.seq);
+            let holder = held.get(at.checked_sub(1)?)?;
+            let mine = holder.events().iter().find(|e| e.seq == event.seq)?;
+            (mine != event).then_some(event.seq)
+        })
     }
 
     /// Whether a vote adds anything (lets the shell skip verifying the copies flooding brings).
@@ -1416,7 +1459,15 @@ impl Engine {
         Ok(Some(match message {
             Message::Batch(batch) => {
                 if !self.wants_batch(&batch.origin(), batch.last_seq()) {
-                    return Ok(None);
+                    // Already delivered: a copy of what we hold (the common case, skipped
+                    // unverified), or another version of it, which is proof of equivocation
+                    // if the origin really signed it (if not, the sender forged it).
+                    let Some(seq) = self.conflicting_seq(&batch) else {
+                        return Ok(None);
+                    };
+                    let origin = batch.origin();
+                    batch.verify().map_err(|e| format!("bad batch: {e}"))?;
+                    return Ok(Some(PeerInput::Equivocation { origin, seq }));
                 }
                 PeerInput::Batch(batch.verify().map_err(|e| format!("bad batch: {e}"))?)
             }
@@ -2286,6 +2337,7 @@ impl Engine {
                 digest,
             } => self.on_digest(from, settled_events, digest),
             PeerInput::JoinRequest => self.on_join_request(from, out),
+            PeerInput::Equivocation { origin, seq } => self.on_equivocation(origin, seq, out),
             PeerInput::NetworkInfo { .. } => {}
             PeerInput::Vote {
                 voter,
@@ -2978,6 +3030,22 @@ impl Engine {
                 },
             );
         }
+    }
+
+    /// An origin signed two different events with one seq (proof checked in
+    /// `check_message`): counted and reported once per origin, and the origin is scored down.
+    /// What was delivered first stays; nodes that delivered the other version first diverge
+    /// from this one, and the digest gossip shows where.
+    fn on_equivocation(&mut self, origin: NodeId, seq: u64, out: &mut Vec<Effect>) {
+        if !self.equivocators.insert(origin) {
+            return;
+        }
+        self.equivocations += 1;
+        tracing::error!(origin = %origin.short(), seq, "an origin signed two different events with one seq (equivocation); keeping the one delivered first");
+        out.push(Effect::Misbehaviour {
+            peer: origin,
+            what: format!("signed two different events with seq {seq}"),
+        });
     }
 
     fn reject(&mut self, from: Option<NodeId>, origin: &NodeId, what: &str) {

@@ -2938,3 +2938,48 @@ fn a_joining_node_follows_its_network_when_it_gives_way() {
         })
     });
 }
+
+/// An origin that signs two different events with one seq is caught: node 1 holds node 0's
+/// order; a second version of that batch (another order, the same seq, signed by node 0),
+/// relayed by node 2, is counted as equivocation and scores node 0 down, not the relay, and
+/// changes nothing. A copy of the batch node 1 holds is skipped silently, and a second version
+/// forged by the relay (not signed by node 0) is the relay's fault.
+#[test]
+fn an_origin_signing_two_versions_of_an_event_is_caught() {
+    let mut sim = Sim::network(3);
+    sim.place(0, limit(Side::Sell, "100", "1")).expect("placed");
+    sim.settle_all();
+    let origin = sim.id(0);
+    let held = sim.nodes[1].origins[&origin]
+        .batches
+        .last()
+        .expect("node 0's batch")
+        .clone();
+    let digest = sim.nodes[1].digest();
+    let relay = sim.id(2);
+    // A copy: nothing to say.
+    assert!(matches!(
+        sim.nodes[1].check_message(&relay, Message::Batch((*held).clone())),
+        Ok(None)
+    ));
+    let mut other = held.events().to_vec();
+    other[0].body = EventBody::Place(limit(Side::Buy, "90", "7"));
+    let seq = other[0].seq;
+    // Forged by the relay: its fault.
+    let forged =
+        SignedBatch::from_parts(other.clone(), sim.identities[2].sign(b"forged")).expect("parts");
+    assert!(
+        sim.nodes[1]
+            .check_message(&relay, Message::Batch(forged))
+            .is_err()
+    );
+    // Signed by the origin: proof against the origin.
+    let second = SignedBatch::sign(&sim.identities[0], other).expect("signed");
+    sim.deliver(2, 1, Message::Batch(second.clone()));
+    sim.deliver(2, 1, Message::Batch(second));
+    assert_eq!(sim.nodes[1].status().equivocations, 1, "counted once");
+    assert_eq!(sim.misbehaviour.len(), 1, "{:?}", sim.misbehaviour);
+    assert_eq!(sim.misbehaviour[0].1, origin, "the origin is scored down");
+    assert!(sim.misbehaviour[0].2.contains(&format!("seq {seq}")));
+    assert_eq!(sim.nodes[1].digest(), digest, "nothing changed");
+}
