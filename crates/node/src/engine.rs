@@ -811,16 +811,13 @@ struct Cut {
     resume: Option<u64>,
 }
 
-/// The majority decision behind a recorded cut, kept so that a member can carry it again in
-/// a new `Evict` when every `Evict` that carried it here was void (rule 17).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The votes behind a recorded cut (recorded with it; its incarnation and `last_seq` are the
+/// cut's), kept so that a member can carry them again in a new `Evict` when every `Evict`
+/// that carried them here was void (rule 17).
+#[derive(Debug, Clone)]
 struct Decision {
-    /// The target's incarnation.
-    incarnation: u64,
     /// The round the votes were cast in.
     round: u32,
-    /// The cut.
-    last_seq: u64,
     /// The agreeing votes, sorted by voter.
     votes: Vec<(NodeId, Signature)>,
 }
@@ -3337,9 +3334,7 @@ impl Engine {
         self.decisions.insert(
             target,
             Decision {
-                incarnation,
                 round,
-                last_seq,
                 votes: votes.to_vec(),
             },
         );
@@ -3474,29 +3469,26 @@ impl Engine {
         if self.phase() != Phase::Member {
             return;
         }
-        let candidates: Vec<(NodeId, Decision)> = self
-            .decisions
+        let candidates: Vec<(NodeId, Cut, Decision)> = self
+            .cuts
             .iter()
-            .filter(|(target, decision)| {
+            .filter(|(target, cut)| {
                 **target != self.me
                     && self.members.contains(target)
-                    && self.incarnation.get(target) == Some(&decision.incarnation)
-                    && self.cuts.get(target).is_some_and(|cut| {
-                        cut.incarnation == decision.incarnation && cut.last_seq == decision.last_seq
-                    })
-                    && self.delivered(target) >= decision.last_seq
+                    && self.cut_active(target)
+                    && self.delivered(target) >= cut.last_seq
             })
-            .map(|(target, decision)| (*target, decision.clone()))
+            .filter_map(|(target, cut)| Some((*target, *cut, self.decisions.get(target)?.clone())))
             .collect();
-        for (target, decision) in candidates {
+        for (target, cut, decision) in candidates {
             let carried = self.unsettled.iter().any(|(key, event)| {
                 !self.limbo.contains_key(key)
                     && matches!(
                         &event.body,
                         EventBody::Evict { target: t, epoch, last_seq, .. }
                             if *t == target
-                                && *epoch == decision.incarnation
-                                && *last_seq == decision.last_seq
+                                && *epoch == cut.incarnation
+                                && *last_seq == cut.last_seq
                     )
             });
             if carried {
@@ -3504,14 +3496,14 @@ impl Engine {
             }
             tracing::warn!(
                 target_node = %target.short(),
-                last_seq = decision.last_seq,
+                last_seq = cut.last_seq,
                 "every Evict carrying a recorded decision was void here: carrying it again"
             );
             self.create(
                 EventBody::Evict {
                     target,
-                    last_seq: decision.last_seq,
-                    epoch: decision.incarnation,
+                    last_seq: cut.last_seq,
+                    epoch: cut.incarnation,
                     round: decision.round,
                     votes: decision.votes,
                 },
@@ -4161,8 +4153,7 @@ impl Engine {
                 target,
                 last_seq,
                 epoch,
-                round,
-                votes,
+                ..
             } => {
                 self.pending_evicts
                     .retain(|e| (e.lamport, e.origin, e.seq) != key);
@@ -4172,15 +4163,8 @@ impl Engine {
                     .cuts
                     .get(&target)
                     .is_some_and(|cut| cut.incarnation == epoch);
-                if !recorded {
-                    match self.check_evict(&origin, &target, epoch, round, last_seq, &votes) {
-                        EvictCheck::Valid => {
-                            self.record_cut(target, epoch, round, last_seq, &votes);
-                        }
-                        EvictCheck::NotYet | EvictCheck::Invalid(_) => {
-                            tracing::debug!(target_node = %target.short(), "a settled eviction that does not apply: no-op");
-                        }
-                    }
+                if !recorded && !matches!(self.check_and_record(&event), EvictCheck::Valid) {
+                    tracing::debug!(target_node = %target.short(), "a settled eviction that does not apply: no-op");
                 }
                 let cut_matches = self
                     .cuts
